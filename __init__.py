@@ -1,0 +1,5 @@
+"""ComfyUI Prompt-to-Prompt: cross-attention control and null-text inversion as ComfyUI nodes."""
+
+from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

@@ -1,0 +1,213 @@
+"""ReplaceEdit, RefineEdit and Reweight: thin nodes over p2p_core.
+
+Each node turns its widgets into a row edit, adds it to the plan carried by the incoming MODEL (or starts
+one), and returns the patched MODEL clone, a positive CONDITIONING holding [source, edit 1..n] and a LATENT
+of n + 1 rows sharing one noise, ready for a stock KSampler, KSamplerAdvanced or SamplerCustomAdvanced.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..p2p_core.edits import EditPlan
+from ..p2p_core.errors import PromptToPromptError
+from ..p2p_core.plan import SELF_LAYER_SCALES, check_source, edit_row, require_words, reweight, reweight_row
+from ..p2p_core.schedule import Window, parse_word_windows
+from .patch import KEY, EditPatch, EditState, transformer_keys
+from .text import batch_conditioning, encode_prompt, tokenize_prompt, word_tokenizer
+
+CATEGORY = "prompt-to-prompt"
+MAX_RESOLUTION = 16384
+RETURN_TYPES = ("MODEL", "CONDITIONING", "LATENT")
+RETURN_NAMES = ("model", "positive", "latent")
+OUTPUT_TOOLTIPS = (
+    "The model with attention control installed (a clone; the input model is unchanged). Sample with it.",
+    "Positive conditioning with one row per prompt: the source first, then each edit. Use your own negative.",
+    "A latent batch with one row per prompt, all sharing one noise, so every row starts from the same picture.",
+)
+
+
+def _inputs(prompts: dict, extra_required: dict | None = None) -> dict:
+    """The widgets every edit node shares, around the node's own prompt inputs."""
+    return {
+        "required": {
+            "model": ("MODEL", {"tooltip": "An SD1.x, SD2.x or SDXL model, or the MODEL output of another edit "
+                                           "node to add this edit to the same batch."}),
+            "clip": ("CLIP", {"tooltip": "The CLIP of the same checkpoint; it encodes and tokenizes the prompts."}),
+            **prompts,
+            **(extra_required or {}),
+            "cross_replace_steps": ("FLOAT", {
+                "default": 0.8, "min": 0.0, "max": 1.0, "step": 0.01,
+                "tooltip": "Fraction of the steps in which the edited prompt uses the source's cross-attention "
+                           "maps. Higher keeps more of the source layout; lower lets the edit change shapes."}),
+            "self_replace_steps": ("FLOAT", {
+                "default": 0.4, "min": 0.0, "max": 1.0, "step": 0.01,
+                "tooltip": "Fraction of the steps in which the edited image shares the source's self-attention "
+                           "(its geometry). Higher preserves more structure."}),
+            "width": ("INT", {"default": 512, "min": 16, "max": MAX_RESOLUTION, "step": 8,
+                              "tooltip": "Image width, used when no latent is connected."}),
+            "height": ("INT", {"default": 512, "min": 16, "max": MAX_RESOLUTION, "step": 8,
+                               "tooltip": "Image height, used when no latent is connected."}),
+        },
+        "optional": {
+            "latent": ("LATENT", {"tooltip": "Optional starting latent of one image (e.g. an inverted photo); "
+                                             "it is repeated once per prompt. Default: an empty latent."}),
+            "self_attention_layers": (list(SELF_LAYER_SCALES), {
+                "default": "all",
+                "tooltip": "Layers that share self-attention: all resolutions (no memory cost here), or only "
+                           "those at most half / a quarter of the latent's side (the official code's limit)."}),
+        },
+    }
+
+
+def _prompt(default: str, tooltip: str) -> tuple:
+    return ("STRING", {"multiline": True, "default": default, "tooltip": tooltip})
+
+
+SOURCE_PROMPT = _prompt("a cat riding a bicycle",
+                        "The prompt of the source image. In a chained edit leave it empty or repeat the first one.")
+WORD_WINDOWS = ("STRING", {
+    "multiline": False, "default": "",
+    "tooltip": "Optional per-word cross-attention windows for words of the target prompt, e.g. "
+               "'dog: 0.4, tail: 0.2-0.6' (an end fraction, or start-end)."})
+
+
+def start_or_continue(model, clip, source_prompt: str) -> EditState:
+    """The plan carried by `model`, or a new one starting from `source_prompt`."""
+    state: EditState | None = model.get_attachment(KEY)
+    if state is not None:
+        check_source(state.plan, source_prompt)
+        return state
+    transformer_keys(model)  # fail early, with the model family in the message
+    source = require_words(tokenize_prompt(clip, source_prompt), "source prompt")
+    return EditState(EditPlan(source), (encode_prompt(clip, source_prompt),))
+
+
+def finish(model, state: EditState, width: int, height: int, latent: dict | None) -> tuple:
+    """Install the plan on a clone and build the batched conditioning and latent."""
+    patched = EditPatch(state.plan).install(model)
+    patched.set_attachments(KEY, state)
+    rows = state.plan.num_rows
+    return patched, batch_conditioning(list(state.encodings)), edit_latent(model, latent, rows, width, height)
+
+
+def edit_latent(model, latent: dict | None, rows: int, width: int, height: int) -> dict:
+    """One image latent repeated to `rows` rows with a shared batch index, so every row gets the same noise."""
+    if latent is None:
+        channels = model.get_model_object("latent_format").latent_channels
+        samples, batch_index, extra = torch.zeros([1, channels, height // 8, width // 8]), 0, {}
+    else:
+        samples = latent["samples"]
+        if samples.shape[0] > 1 and not torch.equal(samples[:1].expand_as(samples), samples):
+            raise PromptToPromptError(
+                f"The latent input holds {samples.shape[0]} different images; Prompt-to-Prompt edits one image. "
+                "Connect a latent of batch size 1 (it is repeated once per prompt).")
+        samples = samples[:1]
+        batch_index = latent.get("batch_index", [0])[0]
+        extra = {k: v for k, v in latent.items() if k not in ("samples", "batch_index")}
+    return {**extra, "samples": samples.repeat(rows, 1, 1, 1), "batch_index": [batch_index] * rows}
+
+
+class _EditNode:
+    CATEGORY = CATEGORY
+    RETURN_TYPES = RETURN_TYPES
+    RETURN_NAMES = RETURN_NAMES
+    OUTPUT_TOOLTIPS = OUTPUT_TOOLTIPS
+    FUNCTION = "apply"
+    KIND = ""
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        spec = _inputs({"source_prompt": SOURCE_PROMPT, "target_prompt": cls.TARGET_PROMPT})
+        spec["optional"]["word_windows"] = WORD_WINDOWS
+        return spec
+
+    def apply(self, model, clip, source_prompt: str, target_prompt: str, cross_replace_steps: float,
+              self_replace_steps: float, width: int, height: int, latent: dict | None = None,
+              word_windows: str = "", self_attention_layers: str = "all") -> tuple:
+        state = start_or_continue(model, clip, source_prompt)
+        target = tokenize_prompt(clip, target_prompt)
+        row = edit_row(self.KIND, state.plan.source, target, Window(0.0, cross_replace_steps),
+                       Window(0.0, self_replace_steps), parse_word_windows(word_windows), word_tokenizer(clip),
+                       self_attention_layers)
+        state = EditState(state.plan.add_row(row), state.encodings + (encode_prompt(clip, target_prompt),))
+        return finish(model, state, width, height, latent)
+
+
+class ReplaceEdit(_EditNode):
+    """Word swap: the edited prompt borrows the source's attention, word for word."""
+
+    DESCRIPTION = ("Prompt-to-Prompt word swap ('a cat riding a bicycle' -> 'a dog riding a bicycle'): samples the "
+                   "source and the edited prompt in lockstep and gives the edited prompt the source's attention "
+                   "maps, so only the swapped thing changes. Chain edit nodes to add more edited rows.")
+    KIND = "replace"
+    TARGET_PROMPT = _prompt("a dog riding a bicycle",
+                            "The edited prompt: the source with words swapped one for one (same word count).")
+
+
+class RefineEdit(_EditNode):
+    """Refinement: added words get their own attention, the rest follows the source."""
+
+    DESCRIPTION = ("Prompt-to-Prompt refinement ('a house' -> 'a wooden house'): aligns the two prompts' tokens; "
+                   "shared tokens take the source's attention maps, added words keep their own.")
+    KIND = "refine"
+    TARGET_PROMPT = _prompt("a wooden house in the snow",
+                            "The edited prompt: the source with words added (or removed).")
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        spec = super().INPUT_TYPES()
+        spec["required"]["source_prompt"] = ("STRING", {**SOURCE_PROMPT[1], "default": "a house in the snow"})
+        return spec
+
+
+class Reweight:
+    """Scale chosen words' attention, alone or on top of the last edit."""
+
+    DESCRIPTION = ("Prompt-to-Prompt attention reweighting: scale how much chosen words act on the image "
+                   "(e.g. 'fluffy' x3, or -1 to weaken it), during the cross-attention window. Alone it adds a "
+                   "row that repeats the source prompt; after a Replace/Refine edit it reweights that edit.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = RETURN_TYPES
+    RETURN_NAMES = RETURN_NAMES
+    OUTPUT_TOOLTIPS = OUTPUT_TOOLTIPS
+    FUNCTION = "apply"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return _inputs(
+            {"source_prompt": ("STRING", {**SOURCE_PROMPT[1], "default": "a fluffy teddy bear"})},
+            {"words": ("STRING", {"default": "fluffy",
+                                  "tooltip": "Words to reweight, separated by commas (every occurrence counts)."}),
+             "scale": ("FLOAT", {"default": 2.0, "min": -10.0, "max": 10.0, "step": 0.1,
+                                 "tooltip": "Attention scale for those words: above 1 strengthens, between 0 and 1 "
+                                            "weakens, below 0 pushes the word away (the paper uses -2..2)."}),
+             "apply_to": (["last edit", "new row"], {
+                 "default": "last edit",
+                 "tooltip": "'last edit': reweight the edit before this node (a new row if there is none). "
+                            "'new row': add a row that repeats the source prompt, reweighted."})})
+
+    def apply(self, model, clip, source_prompt: str, words: str, scale: float, apply_to: str,
+              cross_replace_steps: float, self_replace_steps: float, width: int, height: int,
+              latent: dict | None = None, self_attention_layers: str = "all") -> tuple:
+        state = start_or_continue(model, clip, source_prompt)
+        plan, window = state.plan, Window(0.0, cross_replace_steps)
+        names = [w.strip() for w in words.split(",") if w.strip()]
+        tokenize = word_tokenizer(clip)
+        if apply_to == "last edit" and plan.rows:
+            last = plan.rows[-1]
+            plan = plan.replace_last_row(last.with_reweight(reweight(last.prompt, names, scale, window, tokenize)))
+            state = EditState(plan, state.encodings)
+        else:
+            row = reweight_row(plan.source, window, Window(0.0, self_replace_steps), self_attention_layers)
+            row = row.with_reweight(reweight(row.prompt, names, scale, window, tokenize))
+            state = EditState(plan.add_row(row), state.encodings + (state.encodings[0],))
+        return finish(model, state, width, height, latent)
+
+
+NODE_CLASS_MAPPINGS = {"ReplaceEdit": ReplaceEdit, "RefineEdit": RefineEdit, "Reweight": Reweight}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "ReplaceEdit": "Prompt-to-Prompt Replace (word swap)",
+    "RefineEdit": "Prompt-to-Prompt Refine (add words)",
+    "Reweight": "Prompt-to-Prompt Reweight",
+}

@@ -1,0 +1,89 @@
+"""Prompts through ComfyUI's own CLIP: token layout for the edit maths, and the batched conditioning.
+
+Tokenization is ComfyUI's (the same call sampling uses), so the columns the edits touch are the columns
+the model sees, including `(word:1.2)` weights, long prompts and textual-inversion embeddings.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+from comfy import sd1_clip
+
+from ..p2p_core.errors import PromptToPromptError
+from ..p2p_core.tokens import PromptTokens, TokenizeFn, locate_words
+
+CLIP_KEYS = ("l", "h", "g")
+"""CLIP-BPE tokenizers: SD1.x 'l', SD2.x 'h' (OpenCLIP), SDXL 'g' and 'l' (same layout, 'l' is used)."""
+
+
+def _sd_tokenizer(clip, key: str) -> sd1_clip.SDTokenizer:
+    return getattr(clip.tokenizer, f"clip_{key}")
+
+
+def _word_tokenizer(tokenizer: sd1_clip.SDTokenizer) -> TokenizeFn:
+    """Tokenize one word exactly as SDTokenizer.tokenize_with_weights does, keeping the BPE texts."""
+    end = -1 if tokenizer.tokenizer_adds_end_token else None
+
+    def tokenize(text: str) -> list[tuple[int, str]]:
+        ids = tokenizer.tokenizer(text)["input_ids"][tokenizer.tokens_start:end]
+        return list(zip(ids, tokenizer.tokenizer.convert_ids_to_tokens(ids)))
+    return tokenize
+
+
+def _pieces(text: str, tokenizer: sd1_clip.SDTokenizer) -> list[str]:
+    """The texts ComfyUI tokenizes one by one (weighted segments, split before embeddings), in order."""
+    pieces = []
+    for segment, _weight in sd1_clip.token_weights(sd1_clip.escape_important(text), 1.0):
+        marker = tokenizer.embedding_identifier
+        split = re.split(f" {marker}|\n{marker}", sd1_clip.unescape_important(segment))
+        pieces.extend(p for p in [split[0]] + [marker + s for s in split[1:]] if p != "")
+    return pieces
+
+
+def _clip_key(clip) -> str:
+    keys = set(clip.tokenize("", return_word_ids=True))
+    for key in CLIP_KEYS:
+        if key in keys:
+            return key
+    raise PromptToPromptError(
+        f"This CLIP ({', '.join(sorted(keys))} text encoder) is not supported: Prompt-to-Prompt works with "
+        "the CLIP text encoders of SD1.x, SD2.x and SDXL checkpoints.")
+
+
+def word_tokenizer(clip) -> TokenizeFn:
+    """The per-word tokenizer used to look words up in prompts of this CLIP."""
+    return _word_tokenizer(_sd_tokenizer(clip, _clip_key(clip)))
+
+
+def tokenize_prompt(clip, text: str) -> PromptTokens:
+    """Where each word of `text` lands in the context this CLIP encodes it to."""
+    key = _clip_key(clip)
+    tokenizer = _sd_tokenizer(clip, key)
+    stream = clip.tokenize(text, return_word_ids=True)[key]
+    return locate_words(text, stream, _pieces(text, tokenizer), _word_tokenizer(tokenizer))
+
+
+def encode_prompt(clip, text: str) -> tuple[torch.Tensor, dict]:
+    """One prompt as CLIPTextEncode encodes it: (cond [1, 77k, D], extra dict with pooled_output)."""
+    out = clip.encode_from_tokens(clip.tokenize(text), return_pooled=True, return_dict=True)
+    cond = out.pop("cond")
+    return cond, out
+
+
+def batch_conditioning(rows: list[tuple[torch.Tensor, dict]]) -> list:
+    """Stack per-prompt encodings into one CONDITIONING entry whose row i is prompt i.
+
+    Prompts of different chunk counts are tiled to a common length, as ComfyUI itself does when it
+    batches contexts: repeating a context changes no attention output, so the source row still equals
+    plain sampling of the source prompt.
+    """
+    length = math.lcm(*(cond.shape[1] for cond, _ in rows))
+    conds = [cond.repeat(1, length // cond.shape[1], 1) for cond, _ in rows]
+    extra = {}
+    pooled = [e.get("pooled_output") for _, e in rows]
+    if all(p is not None for p in pooled):
+        extra["pooled_output"] = torch.cat(pooled)
+    return [[torch.cat(conds), extra]]

@@ -1,0 +1,128 @@
+"""Attention for a batch whose edited rows borrow the source row's attention.
+
+Inputs follow ComfyUI's attention replace patches: q [B, N, heads*dim], k and v [B, T, heads*dim], heads
+merged, projections already applied. `attention` is the host's fused kernel with the same signature as
+ComfyUI's `optimized_attention(q, k, v, heads, **kwargs)`; rows without an edit always go through it.
+
+Self-attention sharing never builds an N x N map: giving an edited row the source row's queries and keys
+makes the kernel compute softmax(Q_src K_src^T / sqrt(d)) V_edit, which is exactly "the source's self-
+attention map applied to the edited row's values" (the paper's injection), at any resolution.
+
+Cross-attention maps are N x T with T = 77 per chunk, so the edited rows compute them explicitly, in fp32
+whatever the model dtype, and cast the result back.
+
+The batched text axis may be longer than a prompt's own token count: ComfyUI tiles shorter contexts to a
+common multiple when it batches rows (and negatives) together. A token's attention is then split equally
+between its copies, so maps are folded back onto the prompt's own tokens (summing copies) before editing
+and spread over the copies again afterwards.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+from .edits import StepEdit, edit_cross_maps
+from .errors import PromptToPromptError
+
+AttentionFn = Callable[..., torch.Tensor]
+
+
+def edited_row_pairs(cond_or_uncond: Sequence[int], batch: int, num_rows: int) -> list[tuple[int, int, int]]:
+    """(source row, edited row, edit index) for every positive chunk of a model call.
+
+    ComfyUI batches conditioning chunks chunk-major (`cond_or_uncond[c]` is 0 for a positive chunk, 1 for a
+    negative one, in no fixed order), each chunk holding every latent row; latent row i of a positive chunk
+    is prompt row i of the plan. Negative chunks are never edited.
+    """
+    chunks = len(cond_or_uncond)
+    if chunks == 0 or batch % chunks:
+        raise PromptToPromptError(f"Unexpected model batch of {batch} rows for {chunks} conditioning chunks.")
+    per_chunk = batch // chunks
+    if per_chunk != num_rows:
+        raise PromptToPromptError(
+            f"The sampler runs {per_chunk} latent rows but this Prompt-to-Prompt edit has {num_rows} "
+            f"(the source and {num_rows - 1} edited prompt(s)). Connect the edit node's LATENT output "
+            "to the sampler, or a latent batch of that size.")
+    return [(c * per_chunk, c * per_chunk + i, i - 1)
+            for c, kind in enumerate(cond_or_uncond) if kind == 0
+            for i in range(1, num_rows)]
+
+
+def fold_tokens(maps: torch.Tensor, length: int) -> torch.Tensor:
+    """[..., T] -> [..., length]: sum the attention of each token's copies (T = copies * length)."""
+    total = maps.shape[-1]
+    if total % length:
+        raise PromptToPromptError(
+            f"The text context has {total} tokens, which is not a whole number of copies of a "
+            f"{length}-token prompt; was the conditioning changed after the edit node?")
+    return maps.reshape(*maps.shape[:-1], total // length, length).sum(-2)
+
+
+def unfold_tokens(maps: torch.Tensor, total: int) -> torch.Tensor:
+    """[..., length] -> [..., total]: spread each token's attention equally over its copies."""
+    copies = total // maps.shape[-1]
+    if copies == 1:
+        return maps
+    return maps.repeat(*([1] * (maps.dim() - 1)), copies) / copies
+
+
+def probabilities(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) in fp32 for one row: q [N, heads*d], k [T, heads*d] -> [heads, N, T]."""
+    dim = q.shape[-1] // heads
+    qh = q.reshape(q.shape[0], heads, dim).transpose(0, 1).float()
+    kh = k.reshape(k.shape[0], heads, dim).transpose(0, 1).float()
+    return torch.softmax(torch.bmm(qh, kh.transpose(1, 2)) * dim ** -0.5, dim=-1)
+
+
+def apply_maps(maps: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+    """maps [heads, N, T] (fp32) times one row's values v [T, heads*d] -> [N, heads*d] (fp32)."""
+    dim = v.shape[-1] // heads
+    vh = v.reshape(v.shape[0], heads, dim).transpose(0, 1).float()
+    return torch.bmm(maps, vh).transpose(0, 1).reshape(maps.shape[1], heads * dim)
+
+
+def cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
+                    edits: Sequence[tuple[int, int, StepEdit, int]], source_length: int,
+                    attention: AttentionFn, **attention_kwargs) -> torch.Tensor:
+    """Cross-attention where each (source row, edited row, edit, edited prompt length) uses edited maps.
+
+    Unedited rows (the source, the negatives, rows whose windows are closed) go through the fused kernel
+    in one call; edited rows are built from the source row's maps of this same call.
+    """
+    if not edits:
+        return attention(q, k, v, heads, **attention_kwargs)
+    edited_rows = {row for _, row, _, _ in edits}
+    keep = [r for r in range(q.shape[0]) if r not in edited_rows]
+    out = q.new_empty(q.shape[0], q.shape[1], v.shape[2])
+    if keep:
+        index = torch.tensor(keep, device=q.device)
+        out[index] = attention(q[index], k[index], v[index], heads, **attention_kwargs)
+    source_maps: dict[int, torch.Tensor] = {}
+    total = k.shape[1]
+    for source, row, edit, length in edits:
+        if source not in source_maps:
+            source_maps[source] = fold_tokens(probabilities(q[source], k[source], heads), source_length)
+        own = fold_tokens(probabilities(q[row], k[row], heads), length) if edit.needs_own_maps else None
+        maps = unfold_tokens(edit_cross_maps(source_maps[source], own, edit), total)
+        out[row] = apply_maps(maps, v[row], heads).to(out.dtype)
+    return out
+
+
+def shared_self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
+                          pairs: Sequence[tuple[int, int]], attention: AttentionFn,
+                          **attention_kwargs) -> torch.Tensor:
+    """Self-attention where each (source row, edited row) pair gives the edited row the source's map.
+
+    Only queries and keys are swapped; values stay the edited row's own, as in the paper. One fused-kernel
+    call for the whole batch, no N x N tensor.
+    """
+    if pairs:
+        index = torch.arange(q.shape[0])
+        for source, row in pairs:
+            index[row] = source
+        index = index.to(q.device)
+        q = q.index_select(0, index)
+        k = k.index_select(0, index)
+    return attention(q, k, v, heads, **attention_kwargs)

@@ -1,0 +1,133 @@
+"""Edit specs: what each edited prompt row does to its attention, and the map arithmetic.
+
+An `EditPlan` holds the source prompt and one `RowEdit` per edited prompt. Batch row 0 is the source, row
+i + 1 is `rows[i]`. Everything here is immutable: nodes build a new plan when they chain.
+
+At step i an edited row's cross-attention maps are (paper, section 3.2):
+    injected columns:      source maps mapped to the row's tokens      (replace / refine)
+    other columns:         the row's own maps                          (inserted words, closed windows)
+    then, while a reweight window is open, columns scaled by the reweight factors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+from .align import TokenMapping
+from .errors import PromptToPromptError
+from .schedule import Window
+from .tokens import PromptTokens
+
+
+@dataclass(frozen=True)
+class WordWindow:
+    """A cross-attention window for some token columns of the edited prompt (a per-word schedule)."""
+
+    positions: tuple[int, ...]
+    window: Window
+
+
+@dataclass(frozen=True)
+class Reweight:
+    """Scale factors per token column of the edited prompt (1 elsewhere), applied while `window` is open."""
+
+    scale: torch.Tensor
+    window: Window
+
+
+@dataclass(frozen=True)
+class StepEdit:
+    """What an edited row does to its cross-attention maps at one step.
+
+    inject [L]: columns taken from the mapped source maps; scale [L] or None. `needs_own_maps` says whether
+    the row's own probabilities are needed (some column is not injected); it is a plain bool so that reading
+    it never waits on the GPU.
+    """
+
+    mapping: TokenMapping
+    inject: torch.Tensor
+    scale: torch.Tensor | None
+    needs_own_maps: bool
+
+    def to(self, device: torch.device) -> StepEdit:
+        """The same edit with its tensors on `device` (done once per model call, not per layer)."""
+        mapping = TokenMapping(self.mapping.matrix.to(device), self.mapping.mapped.to(device))
+        scale = None if self.scale is None else self.scale.to(device)
+        return StepEdit(mapping, self.inject.to(device), scale, self.needs_own_maps)
+
+
+@dataclass(frozen=True)
+class RowEdit:
+    """One edited prompt and how it borrows the source's attention."""
+
+    kind: str
+    prompt: PromptTokens
+    mapping: TokenMapping
+    cross_window: Window
+    self_window: Window
+    word_windows: tuple[WordWindow, ...] = ()
+    reweights: tuple[Reweight, ...] = ()
+    self_scale: float = 1.0
+    """Self-attention is shared only in layers whose side is at most this fraction of the latent side."""
+
+    def with_reweight(self, reweight: Reweight) -> RowEdit:
+        return replace(self, reweights=self.reweights + (reweight,))
+
+    def cross_edit(self, step: int, steps: int) -> StepEdit | None:
+        """The cross-attention edit at `step`, or None when the row runs on its own maps."""
+        open_columns = torch.full((self.prompt.length,), self.cross_window.contains(step, steps))
+        for ww in self.word_windows:
+            open_columns[list(ww.positions)] = ww.window.contains(step, steps)
+        inject = open_columns & self.mapping.mapped
+        scale = None
+        for rw in self.reweights:
+            if rw.window.contains(step, steps):
+                scale = rw.scale if scale is None else scale * rw.scale
+        if scale is None and not bool(inject.any()):
+            return None
+        return StepEdit(self.mapping, inject, scale, not bool(inject.all()))
+
+    def shares_self_attention(self, step: int, steps: int) -> bool:
+        return self.self_window.contains(step, steps)
+
+    def shares_self_attention_at(self, layer_side: int, latent_side: int) -> bool:
+        return layer_side <= self.self_scale * latent_side
+
+
+@dataclass(frozen=True)
+class EditPlan:
+    """The source prompt and the edited rows that follow it in the batch."""
+
+    source: PromptTokens
+    rows: tuple[RowEdit, ...] = ()
+
+    @property
+    def num_rows(self) -> int:
+        """Batch rows a sampler must run: the source plus one per edit."""
+        return 1 + len(self.rows)
+
+    def add_row(self, row: RowEdit) -> EditPlan:
+        return replace(self, rows=self.rows + (row,))
+
+    def replace_last_row(self, row: RowEdit) -> EditPlan:
+        if not self.rows:
+            raise PromptToPromptError("There is no edited row to change yet.")
+        return replace(self, rows=self.rows[:-1] + (row,))
+
+
+def edit_cross_maps(source_maps: torch.Tensor, own_maps: torch.Tensor | None, edit: StepEdit) -> torch.Tensor:
+    """Edited maps [..., L_target] from the source's [..., L_source] (and the row's own, when needed).
+
+    Works in the maps' dtype (callers pass fp32); rows are not renormalised, as in the paper (a negative
+    reweight deliberately pushes a token's contribution below zero).
+    """
+    edited = source_maps @ edit.mapping.matrix.to(source_maps.dtype)
+    if edit.needs_own_maps:
+        if own_maps is None:
+            raise ValueError("own maps are needed when some columns are not injected")
+        edited = torch.where(edit.inject, edited, own_maps)
+    if edit.scale is not None:
+        edited = edited * edit.scale.to(source_maps.dtype)
+    return edited

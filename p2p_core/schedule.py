@@ -1,0 +1,83 @@
+"""Step windows, and which sampling step a model call belongs to.
+
+Windows are fractions of the sampler's steps, like the paper's `cross_replace_steps` (0.8 = the first 80 %
+of the steps). The step is found from the current sigma within the sampler's own sigma schedule, not by
+counting model calls, so samplers that evaluate the model more than once per step (heun, dpm_2) and
+KSamplerAdvanced's start/end steps keep the right window.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Sequence
+
+from .errors import PromptToPromptError
+
+_EPS = 1e-9
+
+
+@dataclass(frozen=True)
+class Window:
+    """Steps [floor(start * steps), floor(end * steps)) of a run of `steps` steps."""
+
+    start: float = 0.0
+    end: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not (0.0 <= self.start <= self.end <= 1.0):
+            raise PromptToPromptError(
+                f"A step window must satisfy 0 <= start <= end <= 1, got ({self.start}, {self.end}).")
+
+    def contains(self, step: int, steps: int) -> bool:
+        return _first_step(self.start, steps) <= step < _first_step(self.end, steps)
+
+    @property
+    def empty(self) -> bool:
+        return self.end <= self.start
+
+
+def _first_step(fraction: float, steps: int) -> int:
+    # The epsilon keeps 0.3 * 10 = 3.0000000000000004 and 0.29 * 100 = 28.999999999999996 on the integer.
+    return math.floor(fraction * steps + _EPS)
+
+
+def parse_window(text: str) -> Window:
+    """'0.4' -> Window(0, 0.4); '0.2-0.6' -> Window(0.2, 0.6)."""
+    parts = [p.strip() for p in text.strip().split("-")]
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) == 1:
+        return Window(0.0, values[0])
+    if len(values) == 2:
+        return Window(values[0], values[1])
+    raise PromptToPromptError(
+        f"Cannot read the step window '{text}': write an end fraction like 0.4 or a range like 0.2-0.6.")
+
+
+def parse_word_windows(text: str) -> tuple[tuple[str, Window], ...]:
+    """'dog: 0.4, tail: 0.2-0.6' (commas or new lines) -> (('dog', Window(0, .4)), ('tail', Window(.2, .6)))."""
+    entries = [e.strip() for e in re.split(r"[,\n]", text) if e.strip()]
+    parsed = []
+    for entry in entries:
+        word, sep, window = entry.rpartition(":")
+        if not sep or not word.strip():
+            raise PromptToPromptError(
+                f"Cannot read the word window '{entry}': write 'word: 0.4' or 'word: 0.2-0.6', "
+                "separated by commas or new lines.")
+        parsed.append((word.strip(), parse_window(window)))
+    return tuple(parsed)
+
+
+def step_index(sigma: float, schedule: Sequence[float]) -> int:
+    """The step i whose interval schedule[i] >= sigma > schedule[i + 1] holds sigma.
+
+    `schedule` is the sampler's descending sigma list (steps + 1 values, usually ending in 0). A sigma above
+    the first value counts as step 0, one at or below the last as the final step. The relative tolerance
+    absorbs float noise between the sigma the model sees and the schedule entry it came from.
+    """
+    threshold = sigma * (1 - 1e-6)
+    return sum(1 for s in schedule[1:-1] if s >= threshold)

@@ -1,0 +1,147 @@
+"""Where each word of a prompt sits in the encoded text context.
+
+Attention edits work on token columns, users think in words. ComfyUI tokenizes a prompt per weighted
+segment (`(word:1.2)` syntax) and lays the tokens out in 77-token chunks (BOS, up to 75 tokens, EOS,
+padding), moving a word that does not fit to the next chunk. Rather than re-deriving that layout, we read
+the token stream ComfyUI produced and walk it word by word: each whitespace-separated word of each segment
+is tokenized on its own (CLIP's BPE never merges across whitespace, so the pieces concatenate to the
+segment's tokens) and takes the next tokens of its segment. Positions are flat indices into the encoded
+context (chunk * 77 + index), so long prompts, SD2's OpenCLIP tokenizer and SDXL's two tokenizers (same
+layout) all work the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from .errors import PromptToPromptError
+
+WORD_END = "</w>"
+"""CLIP BPE marks the last piece of every pre-tokenized word (letters, a number, a punctuation mark)."""
+
+TokenizeFn = Callable[[str], Sequence[tuple[int, str]]]
+"""Tokenize text as ComfyUI does, without start/end tokens: a list of (token id, BPE piece text)."""
+
+StreamToken = tuple[object, float, int]
+"""One entry of ComfyUI's `tokenize(..., return_word_ids=True)`: (token id or embedding, weight, word id)."""
+
+
+@dataclass(frozen=True)
+class Token:
+    """One token of a prompt: its column in the context, its id and its BPE text."""
+
+    position: int
+    id: int
+    text: str
+
+    @property
+    def ends_word(self) -> bool:
+        return self.text.endswith(WORD_END)
+
+
+@dataclass(frozen=True)
+class Word:
+    """A whitespace-separated word of the prompt and the tokens it became."""
+
+    text: str
+    tokens: tuple[Token, ...]
+
+    @property
+    def positions(self) -> tuple[int, ...]:
+        return tuple(t.position for t in self.tokens)
+
+    @property
+    def ids(self) -> tuple[int, ...]:
+        return tuple(t.id for t in self.tokens)
+
+
+@dataclass(frozen=True)
+class PromptTokens:
+    """A tokenized prompt: the full id stream of its context and where each word sits in it."""
+
+    text: str
+    ids: tuple[int, ...]
+    words: tuple[Word, ...]
+
+    @property
+    def length(self) -> int:
+        """Token columns of this prompt's context (77 per chunk)."""
+        return len(self.ids)
+
+    @property
+    def content(self) -> tuple[Token, ...]:
+        """Every word token in prompt order (no start, end or padding tokens)."""
+        return tuple(t for w in self.words for t in w.tokens)
+
+    def special_positions(self) -> tuple[int, ...]:
+        """Columns that belong to no word: start, end and padding tokens of every chunk."""
+        used = {p for w in self.words for p in w.positions}
+        return tuple(p for p in range(self.length) if p not in used)
+
+    def find(self, phrase: str, tokenize: TokenizeFn) -> tuple[int, ...]:
+        """Columns of every occurrence of `phrase` (one or more words), whole pieces only.
+
+        "cat" matches "cat," and "(cat:1.2)" but not the end of "bobcat": a match must start and end on a
+        BPE word boundary. Every occurrence counts, as in the paper's word lookup.
+        """
+        query = [tid for tid, _ in tokenize(phrase)]
+        if not phrase.strip() or not query:
+            raise PromptToPromptError(f"An empty word was given for the prompt '{self.text}'; name a word of it.")
+        content = self.content
+        hits: list[int] = []
+        for start in range(len(content) - len(query) + 1):
+            run = content[start:start + len(query)]
+            if [t.id for t in run] != query:
+                continue
+            if start > 0 and not content[start - 1].ends_word:
+                continue
+            if not run[-1].ends_word:
+                continue
+            hits.extend(t.position for t in run)
+        if not hits:
+            words = ", ".join(f"'{w.text}'" for w in self.words)
+            raise PromptToPromptError(
+                f"'{phrase}' is not a word of the prompt '{self.text}'. Words found: {words}. "
+                "Check the spelling, or edit the prompt so it contains the word.")
+        return tuple(sorted(set(hits)))
+
+
+def locate_words(text: str, stream: Sequence[Sequence[StreamToken]], pieces: Sequence[str],
+                 tokenize: TokenizeFn) -> PromptTokens:
+    """Build `PromptTokens` from ComfyUI's chunked token stream.
+
+    `pieces` are the texts ComfyUI tokenized, in order: piece i produced the tokens whose word id is i + 1
+    (word id 0 marks start, end and padding tokens). A piece whose tokens are tensors is a textual-inversion
+    embedding and becomes one word.
+    """
+    flat = [entry for chunk in stream for entry in chunk]
+    groups: dict[int, list[tuple[int, object]]] = {}
+    for position, (token, _weight, word_id) in enumerate(flat):
+        if word_id > 0:
+            groups.setdefault(word_id, []).append((position, token))
+
+    words: list[Word] = []
+    for word_id, piece in enumerate(pieces, start=1):
+        group = groups.get(word_id, [])
+        if any(not isinstance(token, int) for _, token in group):
+            words.append(Word(piece.strip(), tuple(Token(p, -1, WORD_END) for p, _ in group)))
+            continue
+        cursor = 0
+        for word in piece.split():
+            tokens = tokenize(word)
+            span = group[cursor:cursor + len(tokens)]
+            if [token for _, token in span] != [tid for tid, _ in tokens]:
+                raise PromptToPromptError(
+                    f"Could not find the tokens of '{word}' in the tokenized prompt '{text}'. This tokenizer "
+                    "is not one Prompt-to-Prompt supports (SD1.x, SD2.x and SDXL CLIP tokenizers are).")
+            if tokens:
+                words.append(Word(word, tuple(Token(p, tid, piece_text)
+                                              for (p, _), (tid, piece_text) in zip(span, tokens))))
+            cursor += len(tokens)
+        if cursor != len(group):
+            raise PromptToPromptError(
+                f"The prompt '{text}' tokenized differently word by word than as a whole; "
+                "Prompt-to-Prompt cannot place its words.")
+    ids = tuple(token if isinstance(token, int) else -1 for token, _, _ in flat)
+    return PromptTokens(text=text, ids=ids, words=tuple(words))

@@ -1,0 +1,83 @@
+import pytest
+import torch
+from fake_clip import FakeTokenizer, comfy_stream
+from p2p_core.align import global_alignment, identity_mapping, refine_mapping, swap_mapping
+from p2p_core.errors import PromptToPromptError
+from p2p_core.tokens import locate_words
+
+
+@pytest.fixture
+def tok():
+    return FakeTokenizer()
+
+
+def prompt(text, tok):
+    return locate_words(text, comfy_stream([text], tok), [text], tok)
+
+
+def sources_of(mapping, column):
+    """{source column: weight} feeding one target column."""
+    weights = mapping.matrix[:, column]
+    return {int(i): float(weights[i]) for i in torch.nonzero(weights).flatten()}
+
+
+def test_swap_maps_unchanged_words_and_specials_one_to_one(tok):
+    m = swap_mapping(prompt("a cat on a mat", tok), prompt("a dog on a mat", tok))
+    assert all(sources_of(m, t) == {t: 1.0} for t in range(77))
+    assert bool(m.mapped.all())
+
+
+def test_swap_with_different_token_counts_spreads_the_source_word(tok):
+    # 'cat' is 1 token, 'hippopotamus' 3 ('hippo', 'potam', 'us</w>'): each gets a third of 'cat'
+    m = swap_mapping(prompt("a cat swims", tok), prompt("a hippopotamus swims", tok))
+    assert [sources_of(m, t) for t in (2, 3, 4)] == [{2: pytest.approx(1 / 3)}] * 3
+    assert sources_of(m, 5) == {3: 1.0}  # 'swims' keeps its source word
+
+
+def test_swap_of_the_last_word_keeps_the_end_tokens_aligned(tok):
+    # The official mapper's bug case: after the last swapped word changes token count, its running offset
+    # wrote M[j, j], so EOS and padding took attention from the wrong columns. Here EOS -> EOS.
+    source, target = prompt("a photo of a cat", tok), prompt("a photo of a hippopotamus", tok)
+    m = swap_mapping(source, target)
+    src_eos, tgt_eos = 6, 8
+    assert sources_of(m, tgt_eos) == {src_eos: 1.0}
+    assert sources_of(m, 9) == {7: 1.0} and sources_of(m, 76) == {74: 1.0}
+    assert bool(m.mapped.all())
+
+
+def test_swap_to_a_shorter_word_leaves_surplus_pads_on_their_own_maps(tok):
+    m = swap_mapping(prompt("a photo of a hippopotamus", tok), prompt("a photo of a cat", tok))
+    assert sources_of(m, 6) == {8: 1.0}  # EOS -> EOS
+    assert not bool(m.mapped[75:].any())  # the source has no pads left for the last two
+
+
+def test_swap_needs_the_same_word_count_and_points_to_refine(tok):
+    with pytest.raises(PromptToPromptError, match="same number of words.*RefineEdit"):
+        swap_mapping(prompt("a cat", tok), prompt("a big cat", tok))
+
+
+def test_refine_leaves_inserted_words_on_their_own_maps(tok):
+    source, target = prompt("a house in the snow", tok), prompt("a wooden house in the snow", tok)
+    m = refine_mapping(source, target)
+    wooden = target.find("wooden", tok)
+    assert not any(bool(m.mapped[p]) for p in wooden)
+    assert sources_of(m, target.find("house", tok)[0]) == {source.find("house", tok)[0]: 1.0}
+    assert sources_of(m, 0) == {0: 1.0}
+    assert int(m.mapped.sum()) == 77 - len(wooden)
+
+
+def test_refine_of_identical_prompts_is_the_identity(tok):
+    p = prompt("a house", tok)
+    assert torch.equal(refine_mapping(p, p).matrix, identity_mapping(p).matrix)
+
+
+def test_global_alignment_matches_by_hand():
+    assert global_alignment((1, 2, 3), (1, 4, 2, 3)) == [(0, 0), (1, 2), (2, 3)]
+    assert global_alignment((1, 2, 3), (1, 3)) == [(0, 0), (2, 1)]
+    assert global_alignment((5, 6), (7, 8)) == []
+
+
+def test_global_alignment_ties_prefer_the_latest_match():
+    # x = [1], y = [1, 1]: both y tokens could take x's 1; the official traceback (left first from the
+    # end) inserts the last y token and aligns the first.
+    assert global_alignment((1,), (1, 1)) == [(0, 0)]

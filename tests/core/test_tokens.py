@@ -1,0 +1,92 @@
+import pytest
+from fake_clip import BOS, EOS, FakeTokenizer, comfy_stream
+from p2p_core.errors import PromptToPromptError
+from p2p_core.tokens import locate_words
+
+
+@pytest.fixture
+def tok():
+    return FakeTokenizer()
+
+
+def prompt(text, tok, pieces=None, pad=EOS):
+    pieces = pieces or [text]
+    return locate_words(text, comfy_stream(pieces, tok, pad=pad), pieces, tok)
+
+
+def test_words_follow_the_start_token(tok):
+    p = prompt("a cat riding a bicycle", tok)
+    assert [w.text for w in p.words] == ["a", "cat", "riding", "a", "bicycle"]
+    assert [w.positions for w in p.words] == [(1,), (2,), (3, 4), (5,), (6, 7)]  # riding/bicycle: 2 pieces
+    assert p.length == 77 and p.ids[0] == BOS and p.ids[8] == EOS
+
+
+def test_multi_token_word_gives_all_its_positions(tok):
+    p = prompt("a hippopotamus", tok)
+    assert p.find("hippopotamus", tok) == (2, 3, 4)
+
+
+def test_repeated_word_gives_every_occurrence(tok):
+    p = prompt("a cat and a cat", tok)
+    assert p.find("cat", tok) == (2, 5)
+
+
+def test_punctuation_glued_to_a_word_still_matches(tok):
+    p = prompt("a cat, sleeping", tok)
+    assert p.words[1].text == "cat,"
+    assert p.find("cat", tok) == (2,)
+
+
+def test_word_inside_another_word_does_not_match(tok):
+    p = prompt("a bobcatcat", tok)  # pieces 'bobca' + 'tcat</w>': 'cat' is no word here
+    with pytest.raises(PromptToPromptError, match="not a word of the prompt"):
+        p.find("cat", tok)
+
+
+def test_phrase_of_several_words(tok):
+    p = prompt("a red car and a red bus", tok)
+    assert p.find("red car", tok) == (2, 3)
+
+
+def test_weighted_segments_keep_word_positions(tok):
+    pieces = ["a ", "red", " car"]  # what ComfyUI parses from "a (red:1.2) car"
+    p = prompt("a (red:1.2) car", tok, pieces)
+    assert [w.text for w in p.words] == ["a", "red", "car"]
+    assert p.find("red", tok) == (2,)
+
+
+def test_long_prompt_positions_cross_the_chunk_boundary(tok):
+    text = " ".join(["dog"] * 80) + " cat"
+    p = prompt(text, tok)
+    assert p.length == 154
+    assert p.find("cat", tok) == (77 + 1 + 80 - 75,)  # 75 dogs fill chunk 1, BOS of chunk 2 at 77
+    assert p.ids[76] == EOS and p.ids[77] == BOS
+
+
+def test_small_segment_moves_whole_to_the_next_chunk(tok):
+    pieces = [" ".join(["dog"] * 74) + " ", "big cat"]  # 'big cat' (2 tokens) does not fit after 74 dogs
+    p = prompt("...", tok, pieces)
+    assert p.find("big cat", tok) == (78, 79)
+    assert p.ids[75] == EOS
+
+
+def test_sd2_zero_padding_is_not_a_word(tok):
+    p = prompt("a cat", tok, pad=0)
+    assert [w.positions for w in p.words] == [(1,), (2,)]
+    assert p.special_positions()[:3] == (0, 3, 4)
+
+
+def test_missing_word_names_the_words_of_the_prompt(tok):
+    p = prompt("a cat riding a bicycle", tok)
+    with pytest.raises(PromptToPromptError, match="'dog' is not a word.*'bicycle'"):
+        p.find("dog", tok)
+
+
+def test_empty_word_is_an_error(tok):
+    p = prompt("a cat", tok)
+    with pytest.raises(PromptToPromptError, match="empty word"):
+        p.find("  ", tok)
+
+
+def test_empty_prompt_has_no_words(tok):
+    assert prompt("", tok, pieces=[""]).words == ()
