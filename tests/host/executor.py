@@ -132,7 +132,7 @@ class WorkflowResult(TypedDict):
 
     ``error`` is the executor's ``execution_error`` message (node_id, node_type,
     exception_type, exception_message, traceback, ...) or None; ``error_message`` is
-    its ``exception_message``.
+    its ``exception_message`` without the trailing newline ComfyUI adds.
     """
 
     prompt_id: str
@@ -219,7 +219,7 @@ def validate(prompt: dict[str, Any], prompt_id: str | None = None) -> list[str]:
     ok, error, outputs, node_errors = asyncio.run(execution.validate_prompt(prompt_id, prompt, None))
     if not ok:
         raise AssertionError(f"prompt failed validation: {error}; node_errors={node_errors}")
-    return list(outputs)
+    return sorted(outputs)  # a set in ComfyUI; sorted so runs are reproducible
 
 
 def run_workflow(
@@ -248,12 +248,14 @@ def run_workflow(
 
     messages = list(executor.status_messages)
     error = next((data for event, data in messages if event == "execution_error"), None)
+    finished = any(event == "execution_success" for event, _ in messages)
     return WorkflowResult(
         prompt_id=prompt_id,
-        success=bool(executor.success) and error is None,
+        success=bool(executor.success) and finished and error is None,
         outputs=dict(executor.history_result.get("outputs", {})),
         captured=dict(CAPTURED),
         error=error,
-        error_message=None if error is None else str(error.get("exception_message", "")),
+        # ComfyUI formats it with traceback.format_exception_only: trailing newline.
+        error_message=None if error is None else str(error.get("exception_message", "")).strip(),
         messages=messages,
     )

@@ -1,0 +1,39 @@
+"""Host tests need a ComfyUI checkout; without one every module here is skipped.
+
+A module-level ``pytest.skip`` in a conftest breaks runs that name a test file
+directly (the conftest is then loaded before collection), so the skip happens at
+module collection instead, before the test module is imported. Test modules may
+therefore import ``comfy``/``nodes`` at top level after ``tiny.import_comfy()``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+_HERE = str(Path(__file__).resolve().parent)
+if _HERE not in sys.path:  # so `import tiny` / `import executor` work in any import mode
+    sys.path.insert(0, _HERE)
+
+import tiny  # noqa: E402
+
+
+class _SkippedModule(pytest.Module):
+    """A test module that reports a skip instead of being imported."""
+
+    def collect(self) -> Any:
+        pytest.skip(tiny.skip_reason())
+
+
+def pytest_pycollect_makemodule(module_path: Path, parent: pytest.Collector) -> pytest.Module | None:
+    if tiny.comfyui_path() is None:
+        return _SkippedModule.from_parent(parent, path=module_path)
+    return None
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"host tests: {tiny.COMFYUI_ENV}={os.environ.get(tiny.COMFYUI_ENV, '<unset>')}"

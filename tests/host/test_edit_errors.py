@@ -1,0 +1,104 @@
+"""Bad input fails early with a message that names the problem and the fix."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import executor
+import pack
+import tiny
+
+tiny.import_comfy()
+import nodes  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def p2p():
+    pack.load()
+    return nodes.NODE_CLASS_MAPPINGS
+
+
+@pytest.fixture(scope="module")
+def error():
+    return pack.error_type()
+
+
+@pytest.fixture(scope="module")
+def sd1():
+    model, clip, _ = executor.tiny_bundle("sd1")
+    return model, clip
+
+
+def replace(p2p, model, clip, source="a cat riding a bicycle", target="a dog riding a bicycle", **kwargs):
+    return p2p["ReplaceEdit"]().apply(model, clip, source, target, 0.8, 0.4, 64, 64, **kwargs)
+
+
+def ksample(model, clip, positive, latent, sampler="euler"):
+    negative = nodes.CLIPTextEncode().encode(clip, "")[0]
+    return nodes.common_ksampler(model, 1, 3, 5.0, sampler, "normal", positive, negative, latent)
+
+
+def test_word_window_for_a_word_not_in_the_prompt(p2p, sd1, error):
+    with pytest.raises(error, match="'horse' is not a word of the prompt 'a dog riding a bicycle'"):
+        replace(p2p, *sd1, word_windows="horse: 0.4")
+
+
+def test_reweight_word_not_in_the_prompt(p2p, sd1, error):
+    with pytest.raises(error, match="'fluffy' is not a word"):
+        p2p["Reweight"]().apply(*sd1, "a teddy bear", "fluffy", 2.0, "new row", 0.8, 0.4, 64, 64)
+
+
+def test_swap_with_different_word_counts_points_to_refine(p2p, sd1, error):
+    with pytest.raises(error, match="RefineEdit"):
+        replace(p2p, *sd1, target="a big dog riding a bicycle")
+
+
+@pytest.mark.parametrize("field", ["source", "target"])
+def test_empty_prompt(p2p, sd1, error, field):
+    with pytest.raises(error, match=f"{field} prompt is empty"):
+        replace(p2p, *sd1, **{field: "   "})
+
+
+def test_latent_input_with_several_images(p2p, sd1, error):
+    latent = {"samples": torch.randn(2, 4, 8, 8)}
+    with pytest.raises(error, match="batch size 1"):
+        replace(p2p, *sd1, latent=latent)
+
+
+def test_sampling_a_latent_batch_that_does_not_match_the_rows(p2p, sd1, error):
+    model, positive, _ = replace(p2p, *sd1)
+    latent = nodes.EmptyLatentImage().generate(64, 64, 3)[0]
+    with pytest.raises(error, match="latent batch has 3 rows but this edit has 2"):
+        ksample(model, sd1[1], positive, latent)
+
+
+def test_rows_with_different_noise(p2p, sd1, error):
+    model, positive, _ = replace(p2p, *sd1)
+    latent = nodes.EmptyLatentImage().generate(64, 64, 2)[0]
+    with pytest.raises(error, match="different noise.*LATENT output"):
+        ksample(model, sd1[1], positive, latent)
+
+
+@pytest.mark.parametrize("sampler", ["euler_ancestral", "dpmpp_2m_sde", "dpmpp_sde", "lcm"])
+def test_stochastic_samplers_are_refused_with_the_alternatives(p2p, sd1, error, sampler):
+    model, positive, latent = replace(p2p, *sd1)
+    with pytest.raises(error, match=f"'{sampler}' sampler.*deterministic sampler: euler, ddim"):
+        ksample(model, sd1[1], positive, latent, sampler=sampler)
+
+
+def test_unsupported_model_family(p2p, error):
+    model, clip, _ = executor.tiny_bundle("flux")
+    with pytest.raises(error, match="this model is Flux.*SD1.x, SD2.x or SDXL"):
+        replace(p2p, model, clip)
+
+
+def test_chained_edit_with_another_source_prompt(p2p, sd1, error):
+    model, _, _ = replace(p2p, *sd1)
+    with pytest.raises(error, match="differs from the source prompt of the edits before it"):
+        replace(p2p, model, sd1[1], source="a bird on a branch", target="a cat on a branch")
+
+
+def test_bad_word_window_syntax(p2p, sd1, error):
+    with pytest.raises(error, match="word: 0.4"):
+        replace(p2p, *sd1, word_windows="dog 0.4")

@@ -1,0 +1,67 @@
+"""Word positions on ComfyUI's real tokenizers (CLIP-L, SD2's OpenCLIP-H layout, SDXL's L and G)."""
+
+from __future__ import annotations
+
+import pytest
+
+import executor
+import pack
+import tiny
+
+tiny.import_comfy()
+
+PROMPTS = [
+    "a photo of a hippopotamus",
+    "a cat and a cat, sleeping on a mat.",
+    "a (red:1.3) car next to a ((blue)) bus",
+    "a castle, " + ", ".join(["intricate detailed stonework"] * 20) + ", at sunset",
+]
+
+
+@pytest.fixture(scope="module")
+def text():
+    return pack.module("nodes.text")
+
+
+def stream_of(clip, prompt, key):
+    return [entry for chunk in clip.tokenize(prompt, return_word_ids=True)[key] for entry in chunk]
+
+
+@pytest.mark.parametrize("family,key", [("sd1", "l"), ("sd2", "h"), ("sdxl", "l"), ("sdxl", "g")])
+@pytest.mark.parametrize("prompt", PROMPTS, ids=["multi-token", "repeats", "weights", "long"])
+def test_words_cover_exactly_the_prompt_tokens(text, family, key, prompt):
+    clip = executor.tiny_bundle(family)[1]
+    tokens = text.tokenize_prompt(clip, prompt)
+    stream = stream_of(clip, prompt, key)
+    assert tokens.length == len(stream)
+    for word in tokens.words:
+        assert [stream[p][0] for p in word.positions] == list(word.ids), word.text
+    content = [p for p, (_, _, word_id) in enumerate(stream) if word_id > 0]
+    assert sorted(p for w in tokens.words for p in w.positions) == content
+
+
+def test_find_on_the_real_vocabulary(text):
+    clip = executor.tiny_bundle("sd1")[1]
+    tokenize = text.word_tokenizer(clip)
+    hippo = text.tokenize_prompt(clip, PROMPTS[0])
+    assert len(hippo.find("hippopotamus", tokenize)) > 1
+    repeats = text.tokenize_prompt(clip, PROMPTS[1])
+    assert len(repeats.find("cat", tokenize)) == 2
+    assert repeats.find("mat", tokenize) == repeats.words[-1].positions[:1]  # "mat." is mat + "."
+    weighted = text.tokenize_prompt(clip, PROMPTS[2])
+    assert [w.text for w in weighted.words][:3] == ["a", "red", "car"]
+    assert weighted.find("blue", tokenize) == weighted.words[6].positions
+
+
+def test_words_past_the_first_chunk(text):
+    clip = executor.tiny_bundle("sd1")[1]
+    long = text.tokenize_prompt(clip, PROMPTS[3])
+    sunset = long.find("sunset", text.word_tokenizer(clip))
+    assert long.length == 154 and sunset[0] > 77
+
+
+def test_sd2_pads_with_zero_yet_words_stay_words(text):
+    clip = executor.tiny_bundle("sd2")[1]
+    tokens = text.tokenize_prompt(clip, "a cat")
+    assert tokens.ids[3] == 49407 and tokens.ids[4:7] == (0, 0, 0)  # EOS, then zero padding
+    assert [w.positions for w in tokens.words] == [(1,), (2,)]
