@@ -9,6 +9,8 @@ registers the test-only nodes below, validates the prompt with
 from __future__ import annotations
 
 import asyncio
+import atexit
+import gc
 import logging
 import os
 import uuid
@@ -157,6 +159,21 @@ class _LogCollector(logging.Handler):
 
 _STATE: dict[str, Any] = {"nodes_ready": False, "executor": None, "server": None}
 _LOADED_DIRS: set[str] = set()
+
+
+def _release_models() -> None:
+    """Free cached models while ComfyUI's modules still exist.
+
+    Otherwise ModelPatcher.__del__ runs during interpreter teardown and prints
+    "AttributeError: 'NoneType' object has no attribute 'ON_DETACH'".
+    """
+    _BUNDLES.clear()
+    if _STATE["executor"] is not None:
+        _STATE["executor"].reset()
+    gc.collect()
+
+
+atexit.register(_release_models)
 
 
 def _init_nodes() -> None:

@@ -162,3 +162,25 @@ def test_ksampler_advanced_and_sampler_custom_advanced_match_ksampler(p2p):
     noise = custom.RandomNoise().get_noise(SEED)[0]
     out = custom.SamplerCustomAdvanced().sample(noise, guider, sampler, sigmas, latent)[0]["samples"]
     assert_close(out, reference)
+
+
+def test_self_attention_layers_choose_which_resolutions_share(p2p):
+    model, clip, _ = executor.tiny_bundle("sd1")  # latent 8 x 8: layers at sides 8 and 4
+
+    def self_only(layers):
+        patched, positive, latent = replace(p2p, model, clip, cross=0.0, self_=1.0, self_attention_layers=layers)
+        return ksample(patched, clip, positive, latent), latent
+
+    (all_layers, latent), (half, _), (quarter, _) = (self_only(n) for n in ("all", "half", "quarter"))
+    assert_close(quarter[1], plain(model, clip, TARGET, latent))  # no layer is as small as 8 / 4
+    assert not torch.allclose(half[1], quarter[1]) and not torch.allclose(all_layers[1], half[1])
+
+
+def test_a_word_window_changes_only_when_it_differs_from_the_default(p2p):
+    model, clip, _ = executor.tiny_bundle("sd1")
+    default = replace(p2p, model, clip)
+    base = ksample(default[0], clip, *default[1:])
+    same = replace(p2p, model, clip, word_windows="dog: 0.8")
+    short = replace(p2p, model, clip, word_windows="dog: 0.2")
+    assert_close(ksample(same[0], clip, *same[1:])[1], base[1])
+    assert not torch.allclose(ksample(short[0], clip, *short[1:])[1], base[1])

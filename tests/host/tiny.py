@@ -182,6 +182,11 @@ def import_comfy() -> None:
     if comfy.model_management.cpu_state != comfy.model_management.CPUState.CPU:
         raise RuntimeError("comfy.model_management was imported before import_comfy() without --cpu")
 
+    if "OMP_NUM_THREADS" not in os.environ:
+        # Tiny ops gain nothing from intra-op threads, and with other processes on the
+        # same cores OpenMP spin-waiting made the smoke tests ~10x slower (7 s -> 80 s).
+        torch.set_num_threads(1)
+
     # nodes.py puts ComfyUI/comfy at sys.path[0]; from then on `import utils` would find
     # comfy/utils.py and `server` (used by comfy_extras.nodes_images) fails to import.
     # Import ComfyUI's `utils` package first, as main.py effectively does.
