@@ -13,7 +13,7 @@ from ..p2p_core.edits import EditPlan
 from ..p2p_core.errors import PromptToPromptError
 from ..p2p_core.plan import SELF_LAYER_SCALES, check_source, edit_row, require_words, reweight, reweight_row
 from ..p2p_core.schedule import Window, parse_word_windows
-from .patch import KEY, EditPatch, EditState, transformer_keys
+from .patch import KEY, EditPatch, EditState, transformer_levels
 from .text import batch_conditioning, encode_prompt, tokenize_prompt, word_tokenizer
 
 CATEGORY = "prompt-to-prompt"
@@ -78,15 +78,14 @@ def start_or_continue(model, clip, source_prompt: str) -> EditState:
     if state is not None:
         check_source(state.plan, source_prompt)
         return state
-    transformer_keys(model)  # fail early, with the model family in the message
+    transformer_levels(model)  # fail early, with the model family in the message
     source = require_words(tokenize_prompt(clip, source_prompt), "source prompt")
     return EditState(EditPlan(source), (encode_prompt(clip, source_prompt),))
 
 
 def finish(model, state: EditState, width: int, height: int, latent: dict | None) -> tuple:
-    """Install the plan on a clone and build the batched conditioning and latent."""
-    patched = EditPatch(state.plan).install(model)
-    patched.set_attachments(KEY, state)
+    """Install the state on a clone and build the batched conditioning and latent."""
+    patched = EditPatch(state).install(model)
     rows = state.plan.num_rows
     return patched, batch_conditioning(list(state.encodings)), edit_latent(model, latent, rows, width, height)
 
@@ -130,7 +129,7 @@ class _EditNode:
         row = edit_row(self.KIND, state.plan.source, target, Window(0.0, cross_replace_steps),
                        Window(0.0, self_replace_steps), parse_word_windows(word_windows), word_tokenizer(clip),
                        self_attention_layers)
-        state = EditState(state.plan.add_row(row), state.encodings + (encode_prompt(clip, target_prompt),))
+        state = state.with_row(state.plan.add_row(row), encode_prompt(clip, target_prompt))
         return finish(model, state, width, height, latent)
 
 
@@ -197,11 +196,11 @@ class Reweight:
         if apply_to == "last edit" and plan.rows:
             last = plan.rows[-1]
             plan = plan.replace_last_row(last.with_reweight(reweight(last.prompt, names, scale, window, tokenize)))
-            state = EditState(plan, state.encodings)
+            state = state.with_row(plan, None)
         else:
             row = reweight_row(plan.source, window, Window(0.0, self_replace_steps), self_attention_layers)
             row = row.with_reweight(reweight(row.prompt, names, scale, window, tokenize))
-            state = EditState(plan.add_row(row), state.encodings + (state.encodings[0],))
+            state = state.with_row(plan.add_row(row), state.encodings[0])
         return finish(model, state, width, height, latent)
 
 

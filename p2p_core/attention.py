@@ -85,12 +85,27 @@ def apply_maps(maps: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
 
 def cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
                     edits: Sequence[tuple[int, int, StepEdit, int]], source_length: int,
-                    attention: AttentionFn, **attention_kwargs) -> torch.Tensor:
+                    attention: AttentionFn, record: Sequence[tuple[int, int]] = (),
+                    recorder: Callable[[int, torch.Tensor], None] | None = None,
+                    **attention_kwargs) -> torch.Tensor:
     """Cross-attention where each (source row, edited row, edit, edited prompt length) uses edited maps.
 
     Unedited rows (the source, the negatives, rows whose windows are closed) go through the fused kernel
-    in one call; edited rows are built from the source row's maps of this same call.
+    in one call; edited rows are built from the source row's maps of this same call. Each (row, prompt
+    length) of `record` has its own maps (before any edit, as the official store keeps them) passed to
+    `recorder(row, maps)`, folded onto its prompt's tokens.
     """
+    needed = {row: length for row, length in record}
+    for source, row, edit, length in edits:
+        needed[source] = source_length
+        if edit.needs_own_maps:
+            needed[row] = length
+    if not needed:
+        return attention(q, k, v, heads, **attention_kwargs)
+    maps = {row: fold_tokens(probabilities(q[row], k[row], heads), length) for row, length in needed.items()}
+    if recorder is not None:
+        for row, _ in record:
+            recorder(row, maps[row])
     if not edits:
         return attention(q, k, v, heads, **attention_kwargs)
     edited_rows = {row for _, row, _, _ in edits}
@@ -99,14 +114,10 @@ def cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: in
     if keep:
         index = torch.tensor(keep, device=q.device)
         out[index] = attention(q[index], k[index], v[index], heads, **attention_kwargs)
-    source_maps: dict[int, torch.Tensor] = {}
     total = k.shape[1]
-    for source, row, edit, length in edits:
-        if source not in source_maps:
-            source_maps[source] = fold_tokens(probabilities(q[source], k[source], heads), source_length)
-        own = fold_tokens(probabilities(q[row], k[row], heads), length) if edit.needs_own_maps else None
-        maps = unfold_tokens(edit_cross_maps(source_maps[source], own, edit), total)
-        out[row] = apply_maps(maps, v[row], heads).to(out.dtype)
+    for source, row, edit, _ in edits:
+        edited = edit_cross_maps(maps[source], maps.get(row) if edit.needs_own_maps else None, edit)
+        out[row] = apply_maps(unfold_tokens(edited, total), v[row], heads).to(out.dtype)
     return out
 
 
