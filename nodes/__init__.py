@@ -1,7 +1,7 @@
 """The ComfyUI adapter: the only part of the pack that imports comfy."""
 
-from .edit_nodes import NODE_CLASS_MAPPINGS as _EDIT_NODES
-from .edit_nodes import NODE_DISPLAY_NAME_MAPPINGS as _EDIT_NAMES
+from . import blend_nodes, edit_nodes, store_nodes
 
-NODE_CLASS_MAPPINGS = {**_EDIT_NODES}
-NODE_DISPLAY_NAME_MAPPINGS = {**_EDIT_NAMES}
+_MODULES = (edit_nodes, store_nodes, blend_nodes)
+NODE_CLASS_MAPPINGS = {k: v for m in _MODULES for k, v in m.NODE_CLASS_MAPPINGS.items()}
+NODE_DISPLAY_NAME_MAPPINGS = {k: v for m in _MODULES for k, v in m.NODE_DISPLAY_NAME_MAPPINGS.items()}

@@ -1,0 +1,196 @@
+"""AttentionStore and ShowAttention: record cross-attention maps while sampling, then look at them.
+
+AttentionStore patches the MODEL to keep a running average of one level's maps; it works on a plain
+prompt or after edit nodes (then every row, source and edits, is recorded). ShowAttention runs after the
+sampler (it takes the decoded images, which also orders it after sampling) and draws per-token heatmaps
+over a row's image, masks for chosen words, and the local-blend masks the sampler actually used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
+
+from ..p2p_core.edits import EditPlan
+from ..p2p_core.errors import PromptToPromptError
+from ..p2p_core.render import overlay
+from ..p2p_core.schedule import Window
+from ..p2p_core.store import DEFAULT_LEVEL, MapAccumulator, Recorder, token_heatmaps
+from ..p2p_core.tokens import WORD_END, PromptTokens, TokenizeFn
+from .edit_nodes import CATEGORY, MAX_RESOLUTION, finish, start_or_continue
+from .patch import check_level
+from .text import word_tokenizer
+
+LEVELS = {"1/4": 4, "1/2": 2, "1/8": 8, "1/1": 1}
+LEVEL_TOOLTIP = ("Which layers: those whose feature map is this fraction of the latent's side. 1/4 is the paper's "
+                 "16x16 at 512x512 for SD1.x/SD2.x and the 32x32 block of SDXL at 1024x1024.")
+
+
+@dataclass(frozen=True)
+class AttentionRecord:
+    """The ATTENTION_STORE socket: the recorder a patched model fills, and the prompts of its rows."""
+
+    recorder: Recorder
+    plan: EditPlan
+    tokenize: TokenizeFn
+
+    def prompt(self, row: int) -> PromptTokens:
+        """Row 0 is the source; with no edit every row of a plain batch holds the source prompt."""
+        if not self.plan.rows:
+            return self.plan.source
+        if row > len(self.plan.rows):
+            raise PromptToPromptError(
+                f"Row {row} was added after this ATTENTION_STORE was made; connect the store of the last "
+                "Prompt-to-Prompt node before the sampler.")
+        return self.plan.source if row == 0 else self.plan.rows[row - 1].prompt
+
+    def maps(self) -> MapAccumulator:
+        accumulator = self.recorder.store or self.recorder.blend
+        if accumulator is None or not accumulator.rows():
+            raise PromptToPromptError(
+                "No attention maps were recorded yet: sample with the MODEL output of this node's store (the "
+                "same graph run), and connect the images decoded from that sampler to this node.")
+        return accumulator
+
+
+def level_input(default: str = "1/4") -> tuple:
+    return (list(LEVELS), {"default": default, "tooltip": LEVEL_TOOLTIP})
+
+
+class AttentionStore:
+    """Record the cross-attention maps of a sampling run (averaged over steps, layers and heads)."""
+
+    DESCRIPTION = ("Records the cross-attention maps of the next sampling run with this MODEL: a running average "
+                   "per prompt row, over the chosen steps and the layers of one level, in constant memory. "
+                   "Connect its ATTENTION_STORE and the decoded images to Show Attention to see them.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("MODEL", "CONDITIONING", "LATENT", "ATTENTION_STORE")
+    RETURN_NAMES = ("model", "positive", "latent", "attention")
+    OUTPUT_TOOLTIPS = (
+        "The model that records its attention while sampling (a clone; the input model is unchanged).",
+        "Positive conditioning of the prompt (or of the edits before this node), one row per prompt.",
+        "A latent with one row per prompt, sharing one noise.",
+        "The recorded maps, for Show Attention (filled when the sampler runs).",
+    )
+    FUNCTION = "apply"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "An SD1.x, SD2.x or SDXL model, or the MODEL output of an edit node "
+                                               "(then every row is recorded)."}),
+                "clip": ("CLIP", {"tooltip": "The CLIP of the same checkpoint, to tokenize the prompt."}),
+                "prompt": ("STRING", {"multiline": True, "default": "a cat riding a bicycle",
+                                      "tooltip": "The prompt to sample and record. After an edit node leave it "
+                                                 "empty (the edit's source prompt is used)."}),
+                "level": level_input(),
+                "start": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                    "tooltip": "First fraction of the steps to record."}),
+                "end": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                  "tooltip": "Last fraction of the steps to record (1 = to the end)."}),
+                "width": ("INT", {"default": 512, "min": 16, "max": MAX_RESOLUTION, "step": 8,
+                                  "tooltip": "Image width, used when no latent is connected."}),
+                "height": ("INT", {"default": 512, "min": 16, "max": MAX_RESOLUTION, "step": 8,
+                                   "tooltip": "Image height, used when no latent is connected."}),
+            },
+            "optional": {
+                "latent": ("LATENT", {"tooltip": "Optional starting latent of one image. Default: an empty latent."}),
+            },
+        }
+
+    def apply(self, model, clip, prompt: str, level: str, start: float, end: float, width: int, height: int,
+              latent: dict | None = None) -> tuple:
+        state = start_or_continue(model, clip, prompt)
+        store = MapAccumulator(check_level(model, LEVELS[level]), Window(start, end))
+        blend = state.recorder.blend if state.recorder is not None else None
+        state = replace(state, recorder=Recorder(store=store, blend=blend))
+        patched, positive, out_latent = finish(model, state, width, height, latent)
+        return patched, positive, out_latent, AttentionRecord(state.recorder, state.plan, word_tokenizer(clip))
+
+
+class ShowAttention:
+    """Draw recorded attention: per-token heatmaps, word masks, and the local-blend masks used."""
+
+    DESCRIPTION = ("Shows what an AttentionStore or LocalBlendMask recorded during sampling: one heatmap per token of "
+                   "a row's prompt over that row's image, a MASK per chosen word, and the local-blend mask each "
+                   "edited row used.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("IMAGE", "MASK", "MASK")
+    RETURN_NAMES = ("heatmaps", "word_masks", "blend_masks")
+    OUTPUT_TOOLTIPS = (
+        "One image per token of the row's prompt: its attention over the row's image, with the token under it.",
+        "One mask per word in 'words' (its attention, scaled to 0..1), at the image's size.",
+        "The local-blend mask of each edited row at the last step (white = edited), or black without a blend.",
+    )
+    FUNCTION = "show"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "attention": ("ATTENTION_STORE", {"tooltip": "From AttentionStore or LocalBlendMask."}),
+                "images": ("IMAGE", {"tooltip": "The images decoded from the sampler that used that model (so this "
+                                                "node runs after sampling); heatmaps are drawn over them."}),
+                "row": ("INT", {"default": 0, "min": 0, "max": 64,
+                                "tooltip": "Which prompt row to show: 0 is the source, 1 the first edit, ..."}),
+                "words": ("STRING", {"default": "",
+                                     "tooltip": "Words of that row's prompt to output as masks, separated by commas."}),
+                "opacity": ("FLOAT", {"default": 0.6, "min": 0.0, "max": 1.0, "step": 0.05,
+                                      "tooltip": "How strongly the heatmap covers the image."}),
+            },
+        }
+
+    def show(self, attention: AttentionRecord, images: torch.Tensor, row: int, words: str, opacity: float) -> tuple:
+        maps_store = attention.maps()
+        if row not in maps_store.rows():
+            raise PromptToPromptError(
+                f"Row {row} was not recorded; the sampled batch had rows 0 to {maps_store.rows()[-1]}.")
+        prompt = attention.prompt(row)
+        maps = maps_store.mean(row).float().cpu()
+        image = images[min(row, images.shape[0] - 1)].float().cpu()
+        size = tuple(image.shape[:2])
+        tokens = prompt.content
+        heat = token_heatmaps(maps, [(t.position,) for t in tokens], size)
+        tiles = [label(overlay(image, h, opacity), token_text(t.text)) for t, h in zip(tokens, heat)]
+        names = [w.strip() for w in words.split(",") if w.strip()]
+        word_masks = (token_heatmaps(maps, [prompt.find(w, attention.tokenize) for w in names], size)
+                      if names else torch.zeros(1, *size))
+        return torch.stack(tiles), word_masks, blend_masks_image(attention.recorder, size)
+
+
+def token_text(piece: str) -> str:
+    return piece.removesuffix(WORD_END) or piece
+
+
+def label(tile: torch.Tensor, text: str) -> torch.Tensor:
+    """The tile [H, W, 3] with a strip below it carrying `text`, as the paper's figures do."""
+    height, width = tile.shape[:2]
+    strip_height = max(14, height // 8)
+    strip = Image.new("RGB", (width, strip_height), (0, 0, 0))
+    draw = ImageDraw.Draw(strip)
+    font = ImageFont.load_default(size=max(10, strip_height * 3 // 4))
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    draw.text(((width - (right - left)) / 2 - left, (strip_height - (bottom - top)) / 2 - top), text,
+              fill=(255, 255, 255), font=font)
+    strip_tensor = torch.from_numpy(np.asarray(strip, dtype=np.float32) / 255.0)
+    return torch.cat([tile, strip_tensor.to(tile.dtype)])
+
+
+def blend_masks_image(recorder: Recorder, size: tuple[int, int]) -> torch.Tensor:
+    """The last local-blend masks [edited rows, H, W] at image size, or one black mask without a blend."""
+    if recorder.last_masks is None:
+        return torch.zeros(1, *size)
+    masks = recorder.last_masks.float().cpu()[:, None]
+    return F.interpolate(masks, size=size, mode="nearest")[:, 0]
+
+
+NODE_CLASS_MAPPINGS = {"AttentionStore": AttentionStore, "ShowAttention": ShowAttention}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "AttentionStore": "Prompt-to-Prompt Attention Store",
+    "ShowAttention": "Prompt-to-Prompt Show Attention",
+}
