@@ -1,0 +1,129 @@
+"""Real-image inversion in ComfyUI's sigma space: DDIM inversion, null-text optimisation, direct inversion.
+
+Latents live in k-diffusion space, x = x0 + sigma * eps, and a denoiser D(x, sigma) returns the x0
+prediction, as ComfyUI's models do. ComfyUI's `ddim` sampler is Euler on this ODE (DDIM with eta 0):
+
+    x_next = x + (sigma_next - sigma) * (x - D(x, sigma)) / sigma
+
+Inversion walks the schedule backwards (Mokady et al., section 3.1): from the image latent, each step
+evaluates the model at the *next, noisier* sigma on the current latent (scaled so the UNet sees the same
+input, z = x / sqrt(1 + sigma^2)) and steps the ODE up. The resulting latents are the pivots z*_t.
+
+Losses use diffusers' latent scale (x / sqrt(1 + sigma^2)) so the paper's learning rate and early-stop
+thresholds mean what they meant there.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+Denoiser = Callable[[torch.Tensor, float], torch.Tensor]
+"""D(x, sigma): the x0 prediction of the model for latent x at noise level sigma."""
+
+
+@dataclass(frozen=True)
+class NullTextSettings:
+    """The paper's optimisation settings (Mokady et al., section 3.2 and the official notebook)."""
+
+    iterations: int = 10
+    learning_rate: float = 1e-2
+    epsilon: float = 1e-5
+
+    def lr(self, step: int) -> float:
+        return self.learning_rate * (1.0 - step / 100.0)
+
+    def threshold(self, step: int) -> float:
+        return self.epsilon + step * 2e-5
+
+
+def diffusers_scale(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """The latent a diffusers scheduler would hold for x at sigma (what the UNet sees)."""
+    return x / math.sqrt(1.0 + sigma * sigma)
+
+
+def euler_step(x: torch.Tensor, denoised: torch.Tensor, sigma: float, sigma_next: float) -> torch.Tensor:
+    """One step of ComfyUI's euler/ddim sampler."""
+    return x + (sigma_next - sigma) * (x - denoised) / sigma
+
+
+def ddim_invert(denoise: Denoiser, latent: torch.Tensor, sigmas: list[float],
+                on_step: Callable[[int], None] | None = None) -> list[torch.Tensor]:
+    """Pivots for a descending sampling schedule `sigmas` (steps + 1 values, last 0).
+
+    Returns pivots[i], the latent the sampler should hold at sigmas[i]; pivots[-1] is `latent` itself (at
+    the last sigma, normally 0) and pivots[0] the inverted noise to start sampling from.
+    """
+    up = sigmas[::-1]
+    pivots = [latent]
+    current = latent
+    for i in range(len(up) - 1):
+        sigma, sigma_next = up[i], up[i + 1]
+        x_in = current * (math.sqrt(1.0 + sigma_next ** 2) / math.sqrt(1.0 + sigma ** 2))
+        eps = (x_in - denoise(x_in, sigma_next)) / sigma_next
+        current = current + (sigma_next - sigma) * eps
+        pivots.append(current)
+        if on_step is not None:
+            on_step(i)
+    return pivots[::-1]
+
+
+def direct_targets(pivots: list[torch.Tensor], sigmas: list[float]) -> list[torch.Tensor]:
+    """Denoised values that make the euler step go exactly from pivot i to pivot i + 1.
+
+    Direct inversion (Ju et al.) adds to the source row, after each step, the difference between the pivot
+    and where the step landed; giving the step this x0 prediction lands it on the pivot directly, so the
+    source row retraces the inversion to float precision, whatever its guidance.
+    """
+    targets = []
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        targets.append(pivots[i] - sigma * (pivots[i + 1] - pivots[i]) / (sigma_next - sigma))
+    return targets
+
+
+def null_text_optimise(cond: Denoiser, uncond: Callable[[torch.Tensor, float, torch.Tensor], torch.Tensor],
+                       pivots: list[torch.Tensor], sigmas: list[float], guidance: float, initial: torch.Tensor,
+                       settings: NullTextSettings = NullTextSettings(),
+                       on_step: Callable[[int, float], None] | None = None) -> list[torch.Tensor]:
+    """The unconditional embedding per step that makes guided sampling retrace the pivots.
+
+    `uncond(x, sigma, embedding)` must be differentiable in `embedding`. For every step, starting from the
+    previous step's result (warm start) and with a fresh Adam, up to `iterations` updates minimise the
+    distance between the guided euler step and the next pivot; the latent then advances with the
+    optimised embedding. Optimisation runs in fp32 whatever the dtype of `initial`.
+    """
+    embedding = initial.detach().float().clone()
+    embeddings: list[torch.Tensor] = []
+    x = pivots[0]
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        target = diffusers_scale(pivots[i + 1], sigma_next).float()
+        with torch.no_grad():
+            cond_x0 = cond(x, sigma).float()
+        embedding.requires_grad_(True)
+        optimiser = torch.optim.Adam([embedding], lr=settings.lr(i))
+        loss_value = float("inf")
+        for _ in range(settings.iterations):
+            uncond_x0 = uncond(x, sigma, embedding).float()
+            guided = uncond_x0 + guidance * (cond_x0 - uncond_x0)
+            loss = torch.nn.functional.mse_loss(diffusers_scale(euler_step(x.float(), guided, sigma, sigma_next),
+                                                                sigma_next), target)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            loss_value = loss.item()
+            if loss_value < settings.threshold(i):
+                break
+        embedding = embedding.detach()
+        embeddings.append(embedding.clone())
+        with torch.no_grad():
+            uncond_x0 = uncond(x, sigma, embedding).float()
+            guided = uncond_x0 + guidance * (cond_x0 - uncond_x0)
+            x = euler_step(x.float(), guided, sigma, sigma_next).to(x.dtype)
+        if on_step is not None:
+            on_step(i, loss_value)
+    return embeddings

@@ -1,0 +1,97 @@
+import math
+
+import torch
+from p2p_core.inversion import (NullTextSettings, ddim_invert, diffusers_scale, direct_targets, euler_step,
+                                null_text_optimise)
+
+SIGMAS = [14.6 * (1 - k / 40) ** 3 for k in range(41)]  # descending to 0, denser at low noise
+COARSE = [14.6, 9.0, 5.0, 2.5, 1.2, 0.5, 0.0]
+
+
+TEXT_TO_IMAGE = torch.randn(16, 4 * 8 * 8, generator=torch.Generator().manual_seed(1)) / 4
+
+
+def toy_denoiser(x, sigma, text):
+    """A smooth stand-in for an eps-predicting UNet: a non-linear function of what the UNet sees plus a
+    low-rank image from the text embedding (the embedding steers the picture but cannot set every pixel).
+    As for a real model, D(x, sigma) = x - sigma * eps tends to x as sigma goes to 0."""
+    z = x / math.sqrt(1 + sigma ** 2)
+    eps = torch.tanh(z * 0.8) * 0.9 + 0.05 * z + (text @ TEXT_TO_IMAGE).reshape(x.shape) * 0.3
+    return x - sigma * eps
+
+
+def sample(x, sigmas, denoised_at):
+    for i in range(len(sigmas) - 1):
+        x = euler_step(x, denoised_at(i, x), sigmas[i], sigmas[i + 1])
+    return x
+
+
+def image():
+    return torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+
+
+COND = torch.randn(1, 16, generator=torch.Generator().manual_seed(2))
+NULL = torch.zeros(1, 16)
+
+
+def guided(x, sigma, uncond_text, scale=7.5):
+    u, c = toy_denoiser(x, sigma, uncond_text), toy_denoiser(x, sigma, COND)
+    return u + scale * (c - u)
+
+
+def error(a, b):
+    return float((a - b).pow(2).mean())
+
+
+def test_pivots_run_from_noise_to_the_image():
+    pivots = ddim_invert(lambda x, s: toy_denoiser(x, s, COND), image(), SIGMAS)
+    assert len(pivots) == len(SIGMAS) and torch.equal(pivots[-1], image())
+    assert float(pivots[0].std()) > 5 * float(image().std())
+
+
+def test_direct_targets_retrace_the_pivots_exactly():
+    pivots = ddim_invert(lambda x, s: toy_denoiser(x, s, COND), image(), SIGMAS)
+    targets = direct_targets(pivots, SIGMAS)
+    x = pivots[0]
+    for i in range(len(SIGMAS) - 1):
+        x = euler_step(x, targets[i], SIGMAS[i], SIGMAS[i + 1])
+        assert torch.allclose(x, pivots[i + 1], atol=1e-5)
+
+
+def test_unguided_ddim_inversion_reconstructs_closely_with_enough_steps():
+    def reconstruction(sigmas):
+        pivots = ddim_invert(lambda x, s: toy_denoiser(x, s, COND), image(), sigmas)
+        return error(sample(pivots[0], sigmas, lambda i, x: toy_denoiser(x, sigmas[i], COND)), image())
+    assert reconstruction(SIGMAS) < 0.01 < reconstruction(COARSE)
+
+
+def test_null_text_and_negative_prompt_beat_plain_inversion_under_guidance():
+    pivots = ddim_invert(lambda x, s: toy_denoiser(x, s, COND), image(), SIGMAS)
+    plain = sample(pivots[0], SIGMAS, lambda i, x: guided(x, SIGMAS[i], NULL))
+    losses = []
+    embeddings = null_text_optimise(lambda x, s: toy_denoiser(x, s, COND), toy_denoiser, pivots, SIGMAS, 7.5, NULL,
+                                    NullTextSettings(iterations=10), on_step=lambda i, loss: losses.append(loss))
+    optimised = sample(pivots[0], SIGMAS, lambda i, x: guided(x, SIGMAS[i], embeddings[i]))
+    assert len(embeddings) == len(SIGMAS) - 1 and len(losses) == len(SIGMAS) - 1
+    npi = sample(pivots[0], SIGMAS, lambda i, x: guided(x, SIGMAS[i], COND))  # negative-prompt inversion
+    assert error(optimised, image()) * 100 < error(plain, image())
+    assert error(npi, image()) * 100 < error(plain, image())
+
+
+def test_null_text_optimises_in_fp32_for_half_embeddings():
+    pivots = ddim_invert(lambda x, s: toy_denoiser(x, s, COND), image(), COARSE[-3:])
+    embeddings = null_text_optimise(lambda x, s: toy_denoiser(x, s, COND), toy_denoiser, pivots, COARSE[-3:], 7.5,
+                                    NULL.half(), NullTextSettings(iterations=2))
+    assert all(e.dtype == torch.float32 for e in embeddings)
+
+
+def test_paper_schedule_for_lr_and_early_stop():
+    settings = NullTextSettings()
+    assert settings.lr(0) == 1e-2 and math.isclose(settings.lr(49), 0.0051)
+    assert math.isclose(settings.threshold(49), 1e-5 + 49 * 2e-5)
+
+
+def test_diffusers_scale_matches_alpha_bar():
+    x, sigma = torch.ones(1), 3.0
+    alpha_bar = 1 / (1 + sigma ** 2)
+    assert torch.allclose(diffusers_scale(x, sigma), x * math.sqrt(alpha_bar))
