@@ -13,7 +13,7 @@ from ..p2p_core.edits import EditPlan
 from ..p2p_core.errors import PromptToPromptError
 from ..p2p_core.plan import SELF_LAYER_SCALES, check_source, edit_row, require_words, reweight, reweight_row
 from ..p2p_core.schedule import Window, parse_word_windows
-from .patch import KEY, EditPatch, EditState, transformer_levels
+from .patch import INVERSION_KEY, KEY, EditPatch, EditState, transformer_levels
 from .text import batch_conditioning, encode_prompt, tokenize_prompt, word_tokenizer
 
 CATEGORY = "prompt-to-prompt"
@@ -73,11 +73,19 @@ WORD_WINDOWS = ("STRING", {
 
 
 def start_or_continue(model, clip, source_prompt: str) -> EditState:
-    """The plan carried by `model`, or a new one starting from `source_prompt`."""
+    """The plan carried by `model`, or a new one starting from `source_prompt` (by default, after
+    NullTextInvert, the prompt the image was inverted with)."""
     state: EditState | None = model.get_attachment(KEY)
     if state is not None:
         check_source(state.plan, source_prompt)
         return state
+    inversion = model.get_attachment(INVERSION_KEY)
+    if inversion is not None:
+        if source_prompt.strip() and source_prompt.strip() != inversion.prompt.strip():
+            raise PromptToPromptError(
+                f"The source prompt '{source_prompt}' differs from the prompt the image was inverted with "
+                f"('{inversion.prompt}'); leave the source prompt empty to use it, or make it the same.")
+        source_prompt = inversion.prompt
     transformer_levels(model)  # fail early, with the model family in the message
     source = require_words(tokenize_prompt(clip, source_prompt), "source prompt")
     return EditState(EditPlan(source), (encode_prompt(clip, source_prompt),))

@@ -25,6 +25,7 @@ from ..p2p_core.schedule import step_index
 from ..p2p_core.store import MapAccumulator, Recorder, layer_level
 
 KEY = "prompt_to_prompt"
+INVERSION_KEY = "prompt_to_prompt_inversion"
 
 STOCHASTIC_SAMPLERS = {"ddpm", "lcm", "seeds_2", "seeds_3", "sa_solver", "sa_solver_pece"}
 DETERMINISTIC_ADVICE = "euler, ddim, heun, dpm_2, lms, dpmpp_2m, ipndm, deis, uni_pc or res_multistep"
@@ -168,7 +169,7 @@ class EditPatch:
         blend, recorder = self.state.blend, self.state.recorder
         if blend is None:
             return executor(x, timestep, model_options, seed)
-        step, steps = self.step_of(float(timestep[0]), model_options.get("transformer_options", {}))
+        step, steps = sampler_step(float(timestep[0]), model_options.get("transformer_options", {}))
         if not blend.active(step, steps):
             return executor(x, timestep, model_options, seed)
         if recorder.last_masks is not None:
@@ -180,18 +181,10 @@ class EditPatch:
 
     # --- per model call ----------------------------------------------------------------------------------
 
-    @staticmethod
-    def step_of(sigma: float, transformer_options: dict) -> tuple[int, int]:
-        schedule = transformer_options.get("sample_sigmas")
-        if schedule is None:
-            raise PromptToPromptError("Prompt-to-Prompt models must be run by a ComfyUI sampler node.")
-        schedule = schedule.tolist()
-        return step_index(sigma, schedule), max(len(schedule) - 1, 1)
-
     def apply_model(self, executor, x, t, c_concat=None, c_crossattn=None, control=None,
                     transformer_options={}, **kwargs):
         """Work out this call's step and edits once, for every attention layer of the call to read."""
-        step, steps = self.step_of(float(t[0]), transformer_options)
+        step, steps = sampler_step(float(t[0]), transformer_options)
         rows = self.plan.rows
         cross = tuple(None if (e := row.cross_edit(step, steps)) is None else e.to(x.device) for row in rows)
         recorder = self.state.recorder
@@ -248,10 +241,23 @@ class EditPatch:
                                      attn_precision=extra_options["attn_precision"], transformer_options=extra_options)
 
 
+def sampler_step(sigma: float, transformer_options: dict) -> tuple[int, int]:
+    """(step, steps) of a model call at `sigma` within the running sampler's schedule."""
+    schedule = transformer_options.get("sample_sigmas")
+    if schedule is None:
+        raise PromptToPromptError("Prompt-to-Prompt models must be run by a ComfyUI sampler node.")
+    schedule = schedule.tolist()
+    return step_index(sigma, schedule), max(len(schedule) - 1, 1)
+
+
+def sampler_name(sampler) -> str:
+    """The k-diffusion name of a ComfyUI sampler object ('euler' for both euler and ddim)."""
+    return getattr(getattr(sampler, "sampler_function", None), "__name__", "").removeprefix("sample_")
+
+
 def check_sampler(sampler) -> None:
     """Ancestral and SDE samplers add fresh noise per row each step, so the rows drift apart."""
-    function = getattr(sampler, "sampler_function", None)
-    name = getattr(function, "__name__", "").removeprefix("sample_")
+    name = sampler_name(sampler)
     eta = getattr(sampler, "extra_options", {}).get("eta")
     stochastic = "ancestral" in name or "sde" in name or name in STOCHASTIC_SAMPLERS
     if stochastic and eta != 0:

@@ -1,0 +1,286 @@
+"""NullTextInvert: turn a photo's latent into noise that a sampler turns back into the photo, then edit it.
+
+Modes (all start with DDIM inversion of the image under the source prompt, guidance 1, on exactly the
+schedule the sampler will use):
+- `null-text` (Mokady et al.): optimise the unconditional embedding per step so that guided sampling
+  retraces the inversion; the patched MODEL uses that step's embedding as the negative.
+- `negative-prompt` (Miyake et al.): use the source prompt itself as the negative, no optimisation.
+- `direct` (Ju et al.): no optimisation; the source row is steered onto the inversion's latents exactly,
+  while edited rows sample with ordinary guidance from your negative prompt.
+
+The inversion runs inside ComfyUI's own sampling machinery (a custom Sampler driven by CFGGuider), so
+conditioning, SDXL's pooled inputs and model patches are applied as when sampling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import comfy.conds
+import comfy.model_management
+import comfy.patcher_extension
+import comfy.samplers
+import comfy.utils
+import torch
+
+from ..p2p_core.errors import PromptToPromptError
+from ..p2p_core.inversion import NullTextSettings, ddim_invert, direct_targets, null_text_optimise
+from .edit_nodes import CATEGORY
+from .patch import INVERSION_KEY as KEY
+from .patch import KEY as EDIT_KEY
+from .patch import sampler_name, sampler_step, transformer_levels
+from .text import encode_prompt
+
+MODES = ("null-text", "negative-prompt", "direct")
+INVERTIBLE_SAMPLERS = {"euler"}  # ComfyUI's ddim sampler is euler too
+
+
+@dataclass(frozen=True)
+class Inversion:
+    """What an inverted MODEL needs at every sampling step, and what it checks the sampler against."""
+
+    mode: str
+    prompt: str
+    scheduler: str
+    sigmas: tuple[float, ...]
+    latent_shape: tuple[int, ...]
+    uncond: tuple[torch.Tensor, ...] = ()
+    uncond_y: torch.Tensor | None = None
+    targets: tuple[torch.Tensor, ...] = ()
+
+    @property
+    def steps(self) -> int:
+        return len(self.sigmas) - 1
+
+    def __deepcopy__(self, memo: dict) -> Inversion:
+        return self
+
+
+class InversionPatch:
+    """Per-step negative embeddings (null-text, negative-prompt) or source-row targets (direct)."""
+
+    def __init__(self, inversion: Inversion) -> None:
+        self.inversion = inversion
+
+    def __deepcopy__(self, memo: dict) -> InversionPatch:
+        return self
+
+    def install(self, model):
+        clone = model.clone()
+        for kind, wrapper in ((comfy.patcher_extension.WrappersMP.APPLY_MODEL, self.apply_model),
+                              (comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, self.outer_sample)):
+            clone.remove_wrappers_with_key(kind, KEY)
+            clone.add_wrapper_with_key(kind, KEY, wrapper)
+        clone.set_attachments(KEY, self.inversion)
+        return clone
+
+    def outer_sample(self, executor, noise, latent_image, sampler, sigmas, *args, **kwargs):
+        """The sampler must replay the inversion: same schedule, no added noise, an euler/ddim step."""
+        inv = self.inversion
+        schedule = sigmas.tolist()
+        if len(schedule) != len(inv.sigmas) or not torch.allclose(torch.tensor(schedule), torch.tensor(inv.sigmas),
+                                                                    rtol=1e-4, atol=1e-6):
+            raise PromptToPromptError(
+                f"NullTextInvert inverted the image for {inv.steps} steps of the '{inv.scheduler}' scheduler, but "
+                f"the sampler runs {len(schedule) - 1} steps of another schedule. Set the sampler to steps "
+                f"{inv.steps}, scheduler {inv.scheduler}, denoise 1.0 (KSamplerAdvanced: start_at_step 0, "
+                f"end_at_step {inv.steps} or more).")
+        if bool(noise.any()):
+            raise PromptToPromptError(
+                "The sampler adds noise to the inverted latent. Sample it with add_noise disabled: KSamplerAdvanced "
+                "with add_noise 'disable', or SamplerCustomAdvanced with DisableNoise.")
+        if tuple(latent_image.shape[1:]) != inv.latent_shape[1:]:
+            raise PromptToPromptError(
+                f"The latent is {tuple(latent_image.shape[-2:])} but NullTextInvert inverted one of "
+                f"{inv.latent_shape[-2:]}; connect NullTextInvert's LATENT (through the edit node) to the sampler.")
+        if sampler_name(sampler) not in INVERTIBLE_SAMPLERS:
+            raise PromptToPromptError(
+                f"An inverted image must be sampled with the ddim or euler sampler, which the inversion retraces; "
+                f"got '{sampler_name(sampler) or type(sampler).__name__}'.")
+        return executor(noise, latent_image, sampler, sigmas, *args, **kwargs)
+
+    def apply_model(self, executor, x, t, c_concat=None, c_crossattn=None, control=None,
+                    transformer_options={}, **kwargs):
+        inv = self.inversion
+        step, _ = sampler_step(float(t[0]), transformer_options)
+        chunks = transformer_options["cond_or_uncond"]
+        rows = x.shape[0] // len(chunks)
+        negatives = [slice(c * rows, (c + 1) * rows) for c, kind in enumerate(chunks) if kind == 1]
+        if inv.uncond and negatives:
+            context = inv.uncond[min(step, len(inv.uncond) - 1)]
+            context = context.repeat(1, c_crossattn.shape[1] // context.shape[1], 1).to(c_crossattn)
+            c_crossattn = c_crossattn.clone()
+            for rows_of in negatives:
+                c_crossattn[rows_of] = context
+            if inv.uncond_y is not None and "y" in kwargs:
+                y = kwargs["y"].clone()
+                for rows_of in negatives:
+                    y[rows_of] = inv.uncond_y.to(y)
+                kwargs["y"] = y
+        out = executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+        if inv.targets:
+            out = out.clone()
+            target = inv.targets[step].to(out)
+            for c in range(len(chunks)):
+                out[c * rows] = target[0]
+        return out
+
+
+class InversionSampler(comfy.samplers.Sampler):
+    """Runs the inversion where ComfyUI would run a sampler, with the model loaded and the conds processed."""
+
+    def __init__(self, mode: str, cfg: float, progress: comfy.utils.ProgressBar) -> None:
+        self.mode, self.cfg, self.progress = mode, cfg, progress
+        self.uncond: tuple[torch.Tensor, ...] = ()
+        self.uncond_y: torch.Tensor | None = None
+        self.targets: tuple[torch.Tensor, ...] = ()
+
+    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
+               disable_pbar=False):
+        inner, options = model_wrap.inner_model, extra_args["model_options"]
+        positive, negative = model_wrap.conds["positive"], model_wrap.conds["negative"]
+        schedule = sigmas.tolist()
+
+        def denoise(entries, x, sigma):
+            timestep = torch.full((x.shape[0],), sigma, device=x.device, dtype=x.dtype)
+            return comfy.samplers.calc_cond_batch(inner, [entries], x, timestep, options)[0]
+
+        def with_context(entries, context):
+            return [{**e, "model_conds": {**e["model_conds"], "c_crossattn": comfy.conds.CONDCrossAttn(context)}}
+                    for e in entries]
+
+        def tick(*_):
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            self.progress.update(1)
+
+        with torch.no_grad():
+            pivots = ddim_invert(lambda x, s: denoise(positive, x, s), latent_image.clone(), schedule, on_step=tick)
+        if self.mode == "null-text":
+            self.uncond = tuple(null_text_optimise(
+                lambda x, s: denoise(positive, x, s), lambda x, s, e: denoise(with_context(negative, e), x, s),
+                pivots, schedule, self.cfg, _model_cond(negative, "c_crossattn").clone(), NullTextSettings(),
+                on_step=tick))
+            self.uncond_y = _model_cond(negative, "y")
+        elif self.mode == "negative-prompt":
+            self.uncond = (_model_cond(positive, "c_crossattn").clone(),)
+            self.uncond_y = _model_cond(positive, "y")
+        else:
+            self.targets = tuple(t.detach() for t in direct_targets(pivots, schedule))
+        return pivots[0].detach()
+
+
+def _model_cond(entries: list[dict], name: str) -> torch.Tensor | None:
+    cond = entries[0]["model_conds"].get(name)
+    return None if cond is None else cond.cond.detach().clone()
+
+
+def _differentiable(model):
+    """A clone whose weights are copied on every forward, so backward can pass through a model that was
+    loaded in inference mode (as ComfyUI's LoRA training node does); the copies need no gradient."""
+    clone = model.clone()
+    for name, module in clone.model.named_modules():
+        for part in ("weight", "bias"):
+            if hasattr(module, f"{part}_function") and getattr(module, part, None) is not None:
+                clone.add_weight_wrapper(f"{name}.{part}", torch.Tensor.detach)
+    return clone
+
+
+class NullTextInvert:
+    """Invert a photo so Prompt-to-Prompt can edit it."""
+
+    DESCRIPTION = ("Inverts an image latent (VAE Encode) into the noise a sampler turns back into the image under "
+                   "the source prompt, for editing real photos: connect its MODEL and LATENT to an edit node, then "
+                   "sample with KSamplerAdvanced (add_noise disable, same steps and scheduler, ddim or euler). Modes: "
+                   "null-text (the paper, best fidelity), negative-prompt (fast), direct (fast, exact source).")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("MODEL", "LATENT")
+    RETURN_NAMES = ("model", "latent")
+    OUTPUT_TOOLTIPS = (
+        "The model with the inversion installed (per-step negative embedding or source-row steering). Connect it "
+        "to the edit node.",
+        "The inverted noise, for the edit node's latent input (then a sampler with add_noise disabled).",
+    )
+    FUNCTION = "invert"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "An SD1.x, SD2.x or SDXL model (before any edit node)."}),
+                "clip": ("CLIP", {"tooltip": "The CLIP of the same checkpoint."}),
+                "prompt": ("STRING", {"multiline": True, "default": "a cat sitting next to a mirror",
+                                      "tooltip": "A prompt describing the photo: the source prompt of the edit."}),
+                "latent": ("LATENT", {"tooltip": "The photo's latent, from VAE Encode (one image)."}),
+                "mode": (list(MODES), {"default": "null-text",
+                                       "tooltip": "null-text: optimise the negative embedding per step (the paper; "
+                                                  "slowest, best). negative-prompt: the prompt as negative (fast). "
+                                                  "direct: steer the source row exactly (fast, exact)."}),
+                "steps": ("INT", {"default": 50, "min": 1, "max": 1000,
+                                  "tooltip": "Sampling steps; the sampler must use the same number."}),
+                "cfg": ("FLOAT", {"default": 7.5, "min": 1.0, "max": 30.0, "step": 0.1,
+                                  "tooltip": "Guidance scale the null-text optimisation targets; use the same in "
+                                             "the sampler."}),
+                "scheduler": (comfy.samplers.SCHEDULER_NAMES, {
+                    "default": "ddim_uniform",
+                    "tooltip": "Scheduler of the sampler that will sample the inverted latent (ddim_uniform "
+                               "matches the paper's DDIM timesteps)."}),
+            },
+            "optional": {
+                "positive": ("CONDITIONING", {"tooltip": "Optional conditioning to invert with instead of "
+                                                         "encoding the prompt (keep the prompt text matching)."}),
+            },
+        }
+
+    def invert(self, model, clip, prompt: str, latent: dict, mode: str, steps: int, cfg: float, scheduler: str,
+               positive: list | None = None) -> tuple:
+        _check_inputs(model, latent, mode, cfg)
+        samples = latent["samples"]
+        sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps).cpu()
+        if positive is None:
+            positive = _conditioning(encode_prompt(clip, prompt))
+        negative = _conditioning(encode_prompt(clip, ""))
+        progress = comfy.utils.ProgressBar(steps * (2 if mode == "null-text" else 1))
+        sampler = InversionSampler(mode, cfg, progress)
+        with torch.inference_mode(False), torch.enable_grad():
+            worker = _differentiable(model) if mode == "null-text" else model
+            inverted = comfy.samplers.sample(
+                worker, torch.zeros_like(samples).clone(), _clone(positive), _clone(negative), cfg,
+                model.load_device, sampler, sigmas, latent_image=samples.clone())
+        comfy.model_management.soft_empty_cache()
+        inversion = Inversion(mode, prompt, scheduler, tuple(sigmas.tolist()), tuple(samples.shape),
+                              sampler.uncond, sampler.uncond_y, sampler.targets)
+        return InversionPatch(inversion).install(model), {"samples": inverted.detach().cpu()}
+
+
+def _conditioning(encoded: tuple[torch.Tensor, dict]) -> list:
+    cond, extra = encoded
+    return [[cond, extra]]
+
+
+def _clone(conditioning: list) -> list:
+    """Conditioning copied out of inference mode, so autograd may read it."""
+    return [[c.clone(), {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in d.items()}]
+            for c, d in conditioning]
+
+
+def _check_inputs(model, latent: dict, mode: str, cfg: float) -> None:
+    if model.get_attachment(EDIT_KEY) is not None:
+        raise PromptToPromptError(
+            "NullTextInvert must come before the edit nodes: connect the checkpoint's MODEL to NullTextInvert and "
+            "NullTextInvert's MODEL to the edit node.")
+    try:
+        transformer_levels(model)
+    except PromptToPromptError as error:
+        raise PromptToPromptError(
+            f"{error} Inversion also needs classifier-free guidance with an unconditional branch, which "
+            "guidance-distilled models (Flux) do not have.") from None
+    if latent["samples"].shape[0] != 1:
+        raise PromptToPromptError(
+            f"NullTextInvert inverts one image, but the latent holds {latent['samples'].shape[0]}. Encode a single "
+            "image (or pick one with LatentFromBatch).")
+    if mode == "null-text" and cfg <= 1.0:
+        raise PromptToPromptError("Null-text inversion optimises the unconditional branch, so it needs cfg above 1.")
+
+
+NODE_CLASS_MAPPINGS = {"NullTextInvert": NullTextInvert}
+NODE_DISPLAY_NAME_MAPPINGS = {"NullTextInvert": "Prompt-to-Prompt Invert Image (null-text)"}
