@@ -1,0 +1,224 @@
+"""NullTextInvert on real ComfyUI sampling with tiny random-weight models.
+
+Inversion can only be as good as the denoiser: a random UNet predicts noise of the wrong size at every step,
+so even unguided DDIM inversion of it drifts far off. The reconstruction tests therefore scale the UNet's
+output layer down (a "gentle" model whose noise predictions are small, as a trained model's are relative to
+the latent), which makes the comparison between inversion modes meaningful.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import executor
+import pack
+import tiny
+
+tiny.import_comfy()
+import comfy.model_management  # noqa: E402
+import nodes  # noqa: E402
+
+STEPS, CFG, PROMPT = 10, 7.5, "a photo of a cat"
+
+
+@pytest.fixture(scope="module")
+def p2p():
+    pack.load()
+    return nodes.NODE_CLASS_MAPPINGS
+
+
+@pytest.fixture(scope="module")
+def error():
+    return pack.error_type()
+
+
+_GENTLE: dict[str, tuple] = {}
+
+
+def gentle(family: str) -> tuple:
+    """A tiny model whose noise predictions are small (its output layer scaled by 0.05), and its CLIP."""
+    if family not in _GENTLE:
+        model = tiny.make_model(family, seed=3)
+        with torch.no_grad():
+            model.model.diffusion_model.out[-1].weight.mul_(0.05)
+        _GENTLE[family] = (model, executor.tiny_bundle(family)[1])
+    return _GENTLE[family]
+
+
+def image_latent(seed=0):
+    return {"samples": torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(seed))}
+
+
+def encode(clip, text):
+    return nodes.CLIPTextEncode().encode(clip, text)[0]
+
+
+def advanced(model, clip, positive, latent, cfg=CFG, steps=STEPS, add_noise="disable", sampler="ddim",
+             scheduler="ddim_uniform", start=0):
+    return nodes.KSamplerAdvanced().sample(model, add_noise, 0, steps, cfg, sampler, scheduler, positive,
+                                           encode(clip, ""), latent, start, 10000, "disable")[0]["samples"]
+
+
+def invert(p2p, model, clip, mode, latent=None, steps=STEPS, cfg=CFG, prompt=PROMPT):
+    with torch.inference_mode():  # as the executor runs nodes
+        return p2p["NullTextInvert"]().invert(model, clip, prompt, latent or image_latent(), mode, steps, cfg,
+                                              "ddim_uniform")
+
+
+def reconstruction_error(p2p, family, mode):
+    model, clip = gentle(family)
+    inverted, latent = invert(p2p, model, clip, mode)
+    return float((advanced(inverted, clip, encode(clip, PROMPT), latent) - image_latent()["samples"]).pow(2).mean())
+
+
+def plain_ddim_error(p2p, family):
+    """Plain DDIM inversion: the same inverted noise, sampled with guidance and an ordinary negative."""
+    model, clip = gentle(family)
+    _, latent = invert(p2p, model, clip, "direct")
+    return float((advanced(model, clip, encode(clip, PROMPT), latent) - image_latent()["samples"]).pow(2).mean())
+
+
+@pytest.mark.parametrize("family,ratio", [("sd1", 50), ("sd2", 20), ("sdxl", 5)])
+def test_null_text_reconstructs_far_better_than_plain_ddim_inversion(p2p, family, ratio):
+    assert reconstruction_error(p2p, family, "null-text") * ratio < plain_ddim_error(p2p, family)
+
+
+@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
+def test_negative_prompt_inversion_beats_plain_ddim_inversion(p2p, family):
+    assert reconstruction_error(p2p, family, "negative-prompt") * 3 < plain_ddim_error(p2p, family)
+
+
+@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
+def test_direct_inversion_reconstructs_to_float_tolerance(p2p, family):
+    assert reconstruction_error(p2p, family, "direct") < 1e-10
+
+
+@pytest.mark.parametrize("mode", ["null-text", "direct"])
+def test_the_source_row_of_an_edit_reconstructs_as_a_single_row_does(p2p, mode):
+    model, clip = gentle("sd1")
+    inverted, latent = invert(p2p, model, clip, mode)
+    alone = advanced(inverted, clip, encode(clip, PROMPT), latent)
+    edited, positive, batch = p2p["ReplaceEdit"]().apply(inverted, clip, "", "a photo of a dog", 0.8, 0.5, 64, 64,
+                                                          latent=latent)
+    out = advanced(edited, clip, positive, batch)
+    assert torch.allclose(out[0], alone[0], atol=1e-4 * float(alone.abs().max()))
+    assert not torch.allclose(out[1], out[0])
+
+
+def test_an_interrupted_inversion_leaves_the_model_unpatched(p2p):
+    model, clip, _ = executor.tiny_bundle("sd1")
+    positive = encode(clip, PROMPT)
+    before = nodes.common_ksampler(model, 1, 3, CFG, "euler", "normal", positive, encode(clip, ""),
+                                   nodes.EmptyLatentImage().generate(64, 64, 1)[0])[0]["samples"]
+    comfy.model_management.interrupt_current_processing(True)
+    try:
+        with pytest.raises(comfy.model_management.InterruptProcessingException):
+            invert(p2p, model, clip, "null-text")
+    finally:
+        comfy.model_management.interrupt_current_processing(False)
+    assert not model.weight_wrapper_patches and model.get_attachment("prompt_to_prompt_inversion") is None
+    after = nodes.common_ksampler(model, 1, 3, CFG, "euler", "normal", positive, encode(clip, ""),
+                                  nodes.EmptyLatentImage().generate(64, 64, 1)[0])[0]["samples"]
+    assert torch.equal(before, after)
+
+
+# --- through the executor -------------------------------------------------------------------------------
+
+def real_image_prompt(target="a photo of a dog"):
+    pack.load()
+    to_api = pack.module("nodes.workflow").to_api_prompt
+    path = pack.REPO_ROOT / "example_workflows" / "real_image_edit.json"
+    prompt = to_api(json.loads(path.read_text()), nodes.NODE_CLASS_MAPPINGS)
+    for node_id, node in list(prompt.items()):
+        kind, inputs = node["class_type"], node["inputs"]
+        if kind == "CheckpointLoaderSimple":
+            node.update(class_type="P2PTestTinyCheckpoint", inputs={"family": "sd1", "seed": 0})
+        elif kind == "SaveImage":
+            node.update(class_type="P2PTestSaveImage", inputs={"images": inputs["images"]})
+        elif kind == "VAEEncode":  # shrink ComfyUI's 768 x 768 example image to a 64 x 64 photo
+            prompt["scale"] = {"class_type": "ImageScale", "inputs": {
+                "image": inputs["pixels"], "upscale_method": "bilinear", "width": 64, "height": 64, "crop": "center"}}
+            inputs["pixels"] = ["scale", 0]
+        elif kind in ("NullTextInvert", "KSamplerAdvanced"):
+            inputs.update(steps=4)
+        elif kind == "ReplaceEdit":
+            inputs.update(target_prompt=target)
+    return prompt
+
+
+def test_real_image_edit_runs_through_the_executor_and_reuses_the_inversion():
+    prompt = real_image_prompt()
+    first = executor.run_workflow(prompt, [str(pack.REPO_ROOT)])
+    assert first["success"], first["error_message"]
+    (images,) = first["captured"].values()
+    assert images.shape[:3] == (2, 64, 64) and torch.isfinite(images).all()
+    second = executor.run_workflow(real_image_prompt("a photo of a fox"), [str(pack.REPO_ROOT)], keep_cache=True)
+    assert second["success"], second["error_message"]
+    invert_id = next(i for i, n in prompt.items() if n["class_type"] == "NullTextInvert")
+    cached = [data.get("nodes", []) for event, data in second["messages"] if event == "execution_cached"]
+    assert any(invert_id in ids for ids in cached)
+    (edited,) = second["captured"].values()
+    assert torch.allclose(edited[0], images[0], atol=1e-4) and not torch.allclose(edited[1], images[1])
+
+
+# --- bad input ------------------------------------------------------------------------------------------
+
+def test_a_latent_of_several_images(p2p, error):
+    model, clip, _ = executor.tiny_bundle("sd1")
+    with pytest.raises(error, match="inverts one image"):
+        invert(p2p, model, clip, "direct", latent={"samples": torch.randn(2, 4, 8, 8)})
+
+
+def test_sampling_with_other_steps(p2p, error):
+    model, clip, _ = executor.tiny_bundle("sd1")
+    inverted, latent = invert(p2p, model, clip, "direct")
+    with pytest.raises(error, match="inverted the image for 10 steps of the 'ddim_uniform' scheduler"):
+        advanced(inverted, clip, encode(clip, PROMPT), latent, steps=12)
+    with pytest.raises(error, match="scheduler ddim_uniform"):
+        advanced(inverted, clip, encode(clip, PROMPT), latent, scheduler="karras")
+
+
+def test_sampling_with_added_noise_or_another_sampler(p2p, error):
+    model, clip, _ = executor.tiny_bundle("sd1")
+    inverted, latent = invert(p2p, model, clip, "negative-prompt")
+    with pytest.raises(error, match="add_noise 'disable'"):
+        advanced(inverted, clip, encode(clip, PROMPT), latent, add_noise="enable")
+    with pytest.raises(error, match="ddim or euler sampler"):
+        advanced(inverted, clip, encode(clip, PROMPT), latent, sampler="dpmpp_2m")
+
+
+def test_a_latent_of_another_size_at_the_edit(p2p, error):
+    model, clip, _ = executor.tiny_bundle("sd1")
+    inverted, _ = invert(p2p, model, clip, "direct")
+    edited, positive, batch = p2p["ReplaceEdit"]().apply(inverted, clip, "", "a photo of a dog", 0.8, 0.5, 96, 96)
+    with pytest.raises(error, match="inverted one of"):
+        advanced(edited, clip, positive, batch)
+
+
+def test_a_model_without_an_unconditional_branch(p2p, error):
+    model, clip, _ = executor.tiny_bundle("flux")
+    with pytest.raises(error, match="unconditional branch"):
+        invert(p2p, model, clip, "null-text")
+
+
+def test_null_text_needs_guidance(p2p, error):
+    model, clip, _ = executor.tiny_bundle("sd1")
+    with pytest.raises(error, match="cfg above 1"):
+        invert(p2p, model, clip, "null-text", cfg=1.0)
+
+
+def test_the_edit_must_start_from_the_inverted_prompt(p2p, error):
+    model, clip, _ = executor.tiny_bundle("sd1")
+    inverted, latent = invert(p2p, model, clip, "direct")
+    with pytest.raises(error, match="differs from the prompt the image was inverted with"):
+        p2p["ReplaceEdit"]().apply(inverted, clip, "a photo of a bird", "a photo of a dog", 0.8, 0.5, 64, 64)
+
+
+def test_inversion_after_an_edit_node_is_refused(p2p, error):
+    model, clip, _ = executor.tiny_bundle("sd1")
+    edited, _, _ = p2p["ReplaceEdit"]().apply(model, clip, PROMPT, "a photo of a dog", 0.8, 0.4, 64, 64)
+    with pytest.raises(error, match="before the edit nodes"):
+        invert(p2p, edited, clip, "direct")
