@@ -6,6 +6,7 @@ the model sees, including `(word:1.2)` weights, long prompts and textual-inversi
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 
@@ -61,8 +62,26 @@ def word_tokenizer(clip) -> TokenizeFn:
 def tokenize_prompt(clip, text: str) -> PromptTokens:
     """Where each word of `text` lands in the context this CLIP encodes it to."""
     key = _clip_key(clip)
-    tokenizer = _sd_tokenizer(clip, key)
-    stream = clip.tokenize(text, return_word_ids=True)[key]
+    return _locate(text, clip.tokenize(text, return_word_ids=True)[key], _sd_tokenizer(clip, key))
+
+
+def tokenize_for_preview(text: str) -> tuple[PromptTokens, TokenizeFn]:
+    """A prompt's layout on ComfyUI's CLIP-L tokenizer, without a loaded checkpoint.
+
+    SD1.x, SD2.x and SDXL share this BPE vocabulary and chunk layout (SD2 and SDXL's G only pad with 0
+    instead of the end token), so the words and their tokens are those sampling will see.
+    """
+    tokenizer = _preview_tokenizer()
+    return _locate(text, tokenizer.tokenize_with_weights(text, return_word_ids=True), tokenizer), \
+        _word_tokenizer(tokenizer)
+
+
+@functools.cache
+def _preview_tokenizer() -> sd1_clip.SDTokenizer:
+    return sd1_clip.SDTokenizer()
+
+
+def _locate(text: str, stream, tokenizer: sd1_clip.SDTokenizer) -> PromptTokens:
     return locate_words(text, stream, _pieces(text, tokenizer), _word_tokenizer(tokenizer))
 
 

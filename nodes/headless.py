@@ -1,0 +1,135 @@
+"""Run a workflow (an example, or any saved one) through ComfyUI's executor without the GUI.
+
+Used by the pack's command line (`python <pack folder> run ...`, see __main__.py): converts a UI-format
+workflow to an API prompt, points its checkpoint loader at the user's file, applies small overrides (steps,
+size, input image), runs it with ComfyUI's PromptExecutor and reports the images written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import execution
+import folder_paths
+
+from ..p2p_core.errors import PromptToPromptError
+from .workflow import to_api_prompt
+
+SIZED = {"ReplaceEdit", "RefineEdit", "Reweight", "AttentionStore", "EmptyLatentImage"}
+STEPPED = {"KSampler", "KSamplerAdvanced", "NullTextInvert", "BasicScheduler"}
+DOWNLOAD_HINT = (
+    "Download a Stable Diffusion 1.5 checkpoint (for example v1-5-pruned-emaonly-fp16.safetensors from the "
+    "Hugging Face repository Comfy-Org/stable-diffusion-v1-5-archive) into {folder}, then run again with "
+    "--ckpt <its file name or path>. Any SD1.x, SD2.x or SDXL checkpoint works.")
+
+
+@dataclass
+class Overrides:
+    """What the command line may change in a workflow before running it."""
+
+    ckpt: str | None = None
+    steps: int | None = None
+    width: int | None = None
+    height: int | None = None
+    image: str | None = None
+    seed: int | None = None
+    sets: list[str] = field(default_factory=list)
+
+
+class _Server:
+    """The parts of ComfyUI's PromptServer the executor talks to; progress goes to the console."""
+
+    client_id = None
+    last_node_id = None
+
+    def send_sync(self, event: str, data: Any, sid: str | None = None) -> None:
+        if event == "executing" and isinstance(data, dict) and data.get("node") is not None:
+            print(f"  running node {data['node']}", flush=True)
+
+    def queue_updated(self) -> None:
+        pass
+
+
+def load_prompt(path: Path, node_classes: dict[str, type]) -> dict[str, dict]:
+    """An API prompt from a UI-format workflow file (or an API-format one, used as it is)."""
+    data = json.loads(path.read_text())
+    if "nodes" in data:
+        return to_api_prompt(data, node_classes)
+    return data
+
+
+def apply_overrides(prompt: dict[str, dict], overrides: Overrides) -> None:
+    for node in prompt.values():
+        kind, inputs = node["class_type"], node["inputs"]
+        if kind == "CheckpointLoaderSimple":
+            inputs["ckpt_name"] = _checkpoint(overrides.ckpt, inputs.get("ckpt_name", ""))
+        if kind in STEPPED and overrides.steps:
+            inputs["steps"] = overrides.steps
+        if kind in SIZED:
+            inputs.update({k: v for k, v in (("width", overrides.width), ("height", overrides.height)) if v})
+        if kind == "LoadImage" and overrides.image:
+            image = Path(overrides.image).resolve()
+            folder_paths.set_input_directory(str(image.parent))
+            inputs["image"] = image.name
+        for key in ("seed", "noise_seed"):
+            if key in inputs and overrides.seed is not None and not isinstance(inputs[key], list):
+                inputs[key] = overrides.seed
+    for assignment in overrides.sets:
+        _set(prompt, assignment)
+
+
+def _checkpoint(requested: str | None, named: str) -> str:
+    """The checkpoint name the loader should use, making a given path visible to ComfyUI."""
+    if requested:
+        path = Path(requested).expanduser()
+        if path.is_file():
+            folder_paths.add_model_folder_path("checkpoints", str(path.resolve().parent))
+            return path.name
+        named = requested
+    if named in folder_paths.get_filename_list("checkpoints"):
+        return named
+    folder = folder_paths.get_folder_paths("checkpoints")[0]
+    raise PromptToPromptError(f"The checkpoint '{named}' was not found. " + DOWNLOAD_HINT.format(folder=folder))
+
+
+def _set(prompt: dict[str, dict], assignment: str) -> None:
+    """'NodeType.input=value' (or 'node_id.input=value'): set an input on every matching node."""
+    target, sep, value = assignment.partition("=")
+    node_key, dot, name = target.partition(".")
+    if not sep or not dot:
+        raise PromptToPromptError(f"Cannot read --set {assignment!r}: write NodeType.input=value.")
+    parsed: Any = json.loads(value) if value[:1] in "0123456789-[{\"" or value in ("true", "false") else value
+    matched = [n for i, n in prompt.items() if node_key in (i, n["class_type"])]
+    if not matched:
+        raise PromptToPromptError(f"--set {assignment!r}: no node '{node_key}' in the workflow.")
+    for node in matched:
+        node["inputs"][name] = parsed
+
+
+def run(workflow: Path, overrides: Overrides, output: Path, node_classes: dict[str, type]) -> list[Path]:
+    """Run the workflow; return the image files it wrote. Raises PromptToPromptError with the node's message."""
+    prompt = load_prompt(workflow, node_classes)
+    apply_overrides(prompt, overrides)
+    output.mkdir(parents=True, exist_ok=True)
+    folder_paths.set_output_directory(str(output))
+    import asyncio
+
+    valid, error, outputs, node_errors = asyncio.run(execution.validate_prompt("cli", prompt, None))
+    if not valid:
+        details = "; ".join(f"{i}: {e}" for i, e in node_errors.items()) if node_errors else ""
+        raise PromptToPromptError(f"The workflow is not valid: {error.get('message', error)} {details}".strip())
+    executor = execution.PromptExecutor(_Server(), cache_type=execution.CacheType.CLASSIC)
+    executor.execute(prompt, "cli", {}, list(outputs))
+    failure = next((data for event, data in executor.status_messages if event == "execution_error"), None)
+    if failure is not None:
+        raise PromptToPromptError(f"{failure.get('node_type')} failed: {str(failure.get('exception_message')).strip()}")
+    written = []
+    for ui in executor.history_result.get("outputs", {}).values():
+        for image in ui.get("images", []):
+            if image.get("type") == "output":
+                written.append(Path(folder_paths.get_output_directory(), image.get("subfolder", ""), image["filename"]))
+    return [Path(os.path.normpath(p)) for p in written]
