@@ -5,6 +5,8 @@ import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
 const KINDS = { ReplaceEdit: "replace", RefineEdit: "refine", Reweight: "reweight", LocalBlendMask: "blend" };
+// Nodes an edit chain may start from: they set the source prompt but show no preview themselves.
+const SOURCES = { NullTextInvert: "prompt", AttentionStore: "prompt" };
 const ROUTE = "/prompt_to_prompt/tokens";
 const POLL_MS = 400;
 
@@ -40,7 +42,7 @@ function upstream(node) {
     if (!input || input.link == null) break;
     const link = linkOf(current.graph ?? app.graph, input.link);
     const origin = link && (current.graph ?? app.graph).getNodeById(link.origin_id);
-    if (!origin || !(origin.comfyClass in KINDS)) break;
+    if (!origin || !(origin.comfyClass in KINDS || origin.comfyClass in SOURCES)) break;
     chain.unshift(origin);
     current = origin;
   }
@@ -52,7 +54,7 @@ function chainRows(chain) {
   let source = "";
   const targets = [];
   for (const n of chain) {
-    source = source || widgetValue(n, "source_prompt") || "";
+    source = source || widgetValue(n, SOURCES[n.comfyClass] ?? "source_prompt") || "";
     const kind = KINDS[n.comfyClass];
     if (kind === "replace" || kind === "refine") targets.push(widgetValue(n, "target_prompt") ?? "");
     if (kind === "reweight" && (widgetValue(n, "apply_to") === "new row" || targets.length === 0)) targets.push(source);
@@ -122,7 +124,7 @@ function attach(node) {
   el.style.cssText = "overflow-y:auto;padding:2px 4px;background:#1e1f22;border-radius:4px;line-height:1.6";
   const widget = node.addDOMWidget("token_preview", "p2p_token_preview", el, { hideOnZoom: false });
   widget.serialize = false;
-  widget.computeLayoutSize = () => ({ minHeight: 70, minWidth: 200 });
+  widget.computeLayoutSize = () => ({ minHeight: 100, minWidth: 200 });
   let last = "";
   let busy = false;
   const update = async () => {
