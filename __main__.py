@@ -49,12 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     root = comfyui_root(args.comfyui)
     sys.path.insert(0, str(root))
-    import torch
-
     import comfy.cli_args
+    import torch
 
     comfy.cli_args.args.cpu = args.cpu or not torch.cuda.is_available()
     import utils.install_util  # noqa: F401  (before `nodes`, which puts comfy/ first on sys.path)
+
     import nodes
 
     asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))

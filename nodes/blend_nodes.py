@@ -35,7 +35,8 @@ def columns(prompt: PromptTokens, words: list[str], tokenize: TokenizeFn) -> tup
     return tuple(sorted({p for w in words for p in prompt.find(w, tokenize)}))
 
 
-def subtract_columns(prompts: list[PromptTokens], words: list[str], tokenize: TokenizeFn) -> tuple[tuple[int, ...], ...]:
+def subtract_columns(prompts: list[PromptTokens], words: list[str],
+                     tokenize: TokenizeFn) -> tuple[tuple[int, ...], ...]:
     """Each subtract word counts in every row whose prompt has it, and must be in at least one."""
     found: list[set[int]] = [set() for _ in prompts]
     for word in words:

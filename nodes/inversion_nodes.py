@@ -28,7 +28,7 @@ from ..p2p_core.inversion import NullTextSettings, ddim_invert, direct_targets, 
 from .edit_nodes import CATEGORY
 from .patch import INVERSION_KEY as KEY
 from .patch import KEY as EDIT_KEY
-from .patch import sampler_name, sampler_step, transformer_levels
+from .patch import attach, sampler_name, sampler_step, transformer_levels
 from .text import encode_prompt
 
 MODES = ("null-text", "negative-prompt", "direct")
@@ -66,13 +66,9 @@ class InversionPatch:
         return self
 
     def install(self, model):
-        clone = model.clone()
-        for kind, wrapper in ((comfy.patcher_extension.WrappersMP.APPLY_MODEL, self.apply_model),
-                              (comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, self.outer_sample)):
-            clone.remove_wrappers_with_key(kind, KEY)
-            clone.add_wrapper_with_key(kind, KEY, wrapper)
-        clone.set_attachments(KEY, self.inversion)
-        return clone
+        wrappers = comfy.patcher_extension.WrappersMP
+        return attach(model.clone(), KEY, self.inversion,
+                      {wrappers.APPLY_MODEL: self.apply_model, wrappers.OUTER_SAMPLE: self.outer_sample})
 
     def outer_sample(self, executor, noise, latent_image, sampler, sigmas, *args, **kwargs):
         """The sampler must replay the inversion: same schedule, no added noise, an euler/ddim step."""

@@ -128,13 +128,10 @@ class EditPatch:
         for name, number, depth in transformer_levels(clone):
             clone.set_model_attn1_replace(self.self_attention, name, number, depth)
             clone.set_model_attn2_replace(self.cross_attention, name, number, depth)
-        for kind, wrapper in ((comfy.patcher_extension.WrappersMP.APPLY_MODEL, self.apply_model),
-                              (comfy.patcher_extension.WrappersMP.PREDICT_NOISE, self.predict_noise),
-                              (comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, self.outer_sample)):
-            clone.remove_wrappers_with_key(kind, KEY)
-            clone.add_wrapper_with_key(kind, KEY, wrapper)
-        clone.set_attachments(KEY, self.state)
-        return clone
+        wrappers = comfy.patcher_extension.WrappersMP
+        return attach(clone, KEY, self.state, {wrappers.APPLY_MODEL: self.apply_model,
+                                                wrappers.PREDICT_NOISE: self.predict_noise,
+                                                wrappers.OUTER_SAMPLE: self.outer_sample})
 
     # --- sampling-run wrappers -------------------------------------------------------------------------
 
@@ -239,6 +236,15 @@ class EditPatch:
         return shared_self_attention(q, k, v, extra_options["n_heads"], pairs,
                                      comfy_attention.optimized_attention,
                                      attn_precision=extra_options["attn_precision"], transformer_options=extra_options)
+
+
+def attach(clone, key: str, state, wrappers: dict):
+    """Give a clone our wrappers under `key` (replacing an earlier node's) and the state they serve."""
+    for kind, wrapper in wrappers.items():
+        clone.remove_wrappers_with_key(kind, key)
+        clone.add_wrapper_with_key(kind, key, wrapper)
+    clone.set_attachments(key, state)
+    return clone
 
 
 def sampler_step(sigma: float, transformer_options: dict) -> tuple[int, int]:

@@ -19,7 +19,7 @@ from ..p2p_core.edits import EditPlan
 from ..p2p_core.errors import PromptToPromptError
 from ..p2p_core.render import overlay
 from ..p2p_core.schedule import Window
-from ..p2p_core.store import DEFAULT_LEVEL, MapAccumulator, Recorder, token_heatmaps
+from ..p2p_core.store import MapAccumulator, Recorder, token_heatmaps
 from ..p2p_core.tokens import WORD_END, PromptTokens, TokenizeFn
 from .edit_nodes import CATEGORY, MAX_RESOLUTION, finish, start_or_continue
 from .patch import check_level

@@ -60,7 +60,8 @@ def reweight(prompt: PromptTokens, words: Sequence[str], scale: float, window: W
 
 def self_layer_scale(name: str) -> float:
     if name not in SELF_LAYER_SCALES:
-        raise PromptToPromptError(f"Unknown self-attention layer choice '{name}'; use one of {list(SELF_LAYER_SCALES)}.")
+        raise PromptToPromptError(
+            f"Unknown self-attention layer choice '{name}'; use one of {list(SELF_LAYER_SCALES)}.")
     return SELF_LAYER_SCALES[name]
 
 

@@ -22,7 +22,8 @@ const MARK_STYLE = {
   window: "outline:1px dashed #ffd54f",
   subtracted: "text-decoration:line-through;opacity:0.7",
 };
-const LEGEND = "swapped · inserted · removed · reweighted (violet) · blended (blue line) · own window (dashed)";
+const LEGEND = [["swapped", []], ["inserted", []], ["removed", []], ["kept", ["reweighted"]], ["kept", ["blended"]],
+                ["kept", ["window"]]];
 
 function widgetValue(node, name) {
   const widget = node.widgets?.find((w) => w.name === name);
@@ -112,8 +113,13 @@ function render(el, answer) {
     el.append(line);
   }
   const legend = document.createElement("div");
-  legend.textContent = LEGEND;
-  legend.style.cssText = "font:10px sans-serif;color:#777;margin-top:2px";
+  legend.className = "p2p-legend";
+  legend.style.cssText = "margin-top:2px;opacity:0.75;transform:scale(0.85);transform-origin:left";
+  legend.append(...LEGEND.map(([status, marks]) => {
+    const sample = chip({ text: marks[0] ?? status, word: "legend", status, marks, first: true });
+    sample.className = "p2p-legend-chip";  // not a token of the prompt
+    return sample;
+  }));
   el.append(legend);
   el.dataset.p2pPreview = answer.error ? "error" : answer.warnings.length ? "warning" : "ready";
 }

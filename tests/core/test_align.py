@@ -1,6 +1,7 @@
 import pytest
 import torch
 from fake_clip import FakeTokenizer, comfy_stream
+
 from p2p_core.align import global_alignment, identity_mapping, refine_mapping, swap_mapping
 from p2p_core.errors import PromptToPromptError
 from p2p_core.tokens import locate_words

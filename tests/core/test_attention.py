@@ -1,9 +1,9 @@
 import pytest
 import torch
 import torch.nn.functional as F
+
 from p2p_core.align import TokenMapping
-from p2p_core.attention import (cross_attention, edited_row_pairs, fold_tokens, shared_self_attention,
-                                unfold_tokens)
+from p2p_core.attention import cross_attention, edited_row_pairs, fold_tokens, shared_self_attention, unfold_tokens
 from p2p_core.edits import StepEdit
 from p2p_core.errors import PromptToPromptError
 

@@ -1,4 +1,5 @@
 import torch
+
 from p2p_core.align import TokenMapping
 from p2p_core.edits import EditPlan, Reweight, RowEdit, StepEdit, WordWindow, edit_cross_maps
 from p2p_core.schedule import Window

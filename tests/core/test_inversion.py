@@ -1,8 +1,15 @@
 import math
 
 import torch
-from p2p_core.inversion import (NullTextSettings, ddim_invert, diffusers_scale, direct_targets, euler_step,
-                                null_text_optimise)
+
+from p2p_core.inversion import (
+    NullTextSettings,
+    ddim_invert,
+    diffusers_scale,
+    direct_targets,
+    euler_step,
+    null_text_optimise,
+)
 
 SIGMAS = [14.6 * (1 - k / 40) ** 3 for k in range(41)]  # descending to 0, denser at low noise
 COARSE = [14.6, 9.0, 5.0, 2.5, 1.2, 0.5, 0.0]

@@ -1,4 +1,5 @@
 import pytest
+
 from p2p_core.errors import PromptToPromptError
 from p2p_core.schedule import Window, parse_window, parse_word_windows, step_index
 

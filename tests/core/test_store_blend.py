@@ -1,5 +1,6 @@
 import pytest
 import torch
+
 from p2p_core.blend import BlendSpec, blend_masks, blend_rows, word_mask
 from p2p_core.errors import PromptToPromptError
 from p2p_core.render import colorize, overlay

@@ -1,5 +1,6 @@
 import pytest
 from fake_clip import BOS, EOS, FakeTokenizer, comfy_stream
+
 from p2p_core.errors import PromptToPromptError
 from p2p_core.tokens import locate_words
 

@@ -37,3 +37,22 @@ def pytest_pycollect_makemodule(module_path: Path, parent: pytest.Collector) -> 
 
 def pytest_report_header(config: pytest.Config) -> str:
     return f"host tests: {tiny.COMFYUI_ENV}={os.environ.get(tiny.COMFYUI_ENV, '<unset>')}"
+
+
+@pytest.fixture(scope="module")
+def p2p() -> dict[str, type]:
+    """ComfyUI's node classes with the pack loaded through ComfyUI's own custom-node loader."""
+    import pack
+
+    pack.load()
+    import nodes
+
+    return nodes.NODE_CLASS_MAPPINGS
+
+
+@pytest.fixture(scope="module")
+def error() -> type[Exception]:
+    """The pack's PromptToPromptError class (as loaded by ComfyUI)."""
+    import pack
+
+    return pack.error_type()

@@ -17,9 +17,8 @@ import uuid
 from collections.abc import Iterable
 from typing import Any, TypedDict
 
-import torch
-
 import tiny
+import torch
 
 #: Tensors captured by the P2PTestSave* nodes during the latest run, keyed by node id.
 CAPTURED: dict[str, torch.Tensor] = {}

@@ -18,10 +18,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-import pytest
-
 import checkpoint
 import pack
+import pytest
 import tiny
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -149,6 +148,21 @@ SHRINK = """() => {
 }"""
 
 
+ZOOM_ON_LAST_PREVIEW = """() => {
+  const node = app.graph._nodes.filter((n) => n.widgets?.some((w) => w.name === "token_preview")).pop();
+  app.canvas.ds.scale = 1.6;
+  app.canvas.ds.offset = [-node.pos[0] + 60, -node.pos[1] - node.size[1] + 520];
+  app.canvas.setDirty(true, true);
+}"""
+
+
+def close_up(page, path: Path) -> None:
+    """A readable picture of the last token preview: zoom the canvas onto its node, shoot the preview."""
+    page.evaluate(ZOOM_ON_LAST_PREVIEW)
+    page.wait_for_timeout(800)
+    page.locator(".p2p-token-preview").last.screenshot(path=str(path))
+
+
 def wait_for_history(server: str, before: set[str], timeout: float = 600) -> dict:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -173,12 +187,14 @@ def test_example_loads_previews_and_runs_in_the_real_ui(server, page, path):
             "(n) => document.querySelectorAll('.p2p-token-preview[data-p2p-preview]').length >= n", arg=previews,
             timeout=60_000)
         assert page.locator(".p2p-token").count() > 0
-        statuses = page.evaluate("() => [...document.querySelectorAll('.p2p-token-preview')].map(e => e.dataset.p2pPreview)")
+        statuses = page.evaluate(
+            "() => [...document.querySelectorAll('.p2p-token-preview')].map(e => e.dataset.p2pPreview)")
         assert "error" not in statuses, statuses
-        page.locator(".p2p-token-preview").last.screenshot(path=str(screenshots() / f"preview-{path.stem}.png"))
     page.wait_for_timeout(500)
     page.screenshot(path=str(screenshots() / f"{path.stem}.png"))
     page.screenshot(path=str(screenshots() / f"{path.stem}.jpg"), type="jpeg", quality=70)
+    if previews:
+        close_up(page, screenshots() / f"preview-{path.stem}.png")
     page.evaluate(SHRINK)
     before = set(_get(server + "/history"))
     page.evaluate("async () => { await app.queuePrompt(0, 1); }")
@@ -195,11 +211,12 @@ def test_a_word_missing_from_the_prompt_shows_a_warning_in_the_node(server, page
     page.evaluate("async (wf) => { await app.loadGraphData(wf); }", workflow)
     page.wait_for_selector(".p2p-token-preview[data-p2p-preview='warning']", timeout=60_000)
     assert "'unicorn' is not a word" in page.locator(".p2p-warning").first.inner_text()
-    page.locator(".p2p-token-preview").first.screenshot(path=str(screenshots() / "preview-warning.png"))
+    close_up(page, screenshots() / "preview-warning.png")
 
 
 def test_command_line_runs_an_example_and_explains_a_missing_checkpoint(tmp_path):
-    command = [sys.executable, str(pack.REPO_ROOT), "run", str(pack.REPO_ROOT / "example_workflows" / "replace_word_swap.json")]
+    workflow = pack.REPO_ROOT / "example_workflows" / "replace_word_swap.json"
+    command = [sys.executable, str(pack.REPO_ROOT), "run", str(workflow)]
     env = {**os.environ, "COMFYUI_PATH": tiny.comfyui_path()}
     missing = subprocess.run(command + ["--ckpt", "nowhere.safetensors"], env=env, capture_output=True, text=True)
     assert missing.returncode == 1 and "Download a Stable Diffusion 1.5 checkpoint" in missing.stderr

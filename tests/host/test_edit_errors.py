@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
-import torch
-
 import executor
-import pack
+import pytest
 import tiny
+import torch
 
 tiny.import_comfy()
 import nodes  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def p2p():
-    pack.load()
-    return nodes.NODE_CLASS_MAPPINGS
-
-
-@pytest.fixture(scope="module")
-def error():
-    return pack.error_type()
 
 
 @pytest.fixture(scope="module")

@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
+import executor
 import pytest
+import tiny
 import torch
 
-import executor
-import pack
-import tiny
-
 tiny.import_comfy()
-import comfy.sample  # noqa: E402
-import comfy.samplers  # noqa: E402
 import nodes  # noqa: E402
 
 FAMILIES = ("sd1", "sd2", "sdxl")
 SOURCE, TARGET = "a cat riding a bicycle", "a dog riding a bicycle"
 STEPS, CFG, SEED = 6, 5.0, 7
 
-
-@pytest.fixture(scope="module")
-def p2p():
-    pack.load()
-    return nodes.NODE_CLASS_MAPPINGS
 
 
 @pytest.fixture(scope="module", params=FAMILIES)

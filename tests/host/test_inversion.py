@@ -10,29 +10,20 @@ from __future__ import annotations
 
 import json
 
-import pytest
-import torch
-
 import executor
 import pack
+import pytest
 import tiny
+import torch
 
 tiny.import_comfy()
 import comfy.model_management  # noqa: E402
+
 import nodes  # noqa: E402
 
 STEPS, CFG, PROMPT = 10, 7.5, "a photo of a cat"
 
 
-@pytest.fixture(scope="module")
-def p2p():
-    pack.load()
-    return nodes.NODE_CLASS_MAPPINGS
-
-
-@pytest.fixture(scope="module")
-def error():
-    return pack.error_type()
 
 
 _GENTLE: dict[str, tuple] = {}

@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-import pytest
-import torch
-
 import executor
-import pack
+import pytest
 import tiny
+import torch
 
 tiny.import_comfy()
 import comfy.sample  # noqa: E402
+
 import nodes  # noqa: E402
 
 
 class Boom(RuntimeError):
     pass
 
-
-@pytest.fixture(scope="module")
-def p2p():
-    pack.load()
-    return nodes.NODE_CLASS_MAPPINGS
 
 
 def plain_run(model, clip):

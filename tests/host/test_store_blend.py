@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
-import torch
-
 import executor
-import pack
+import pytest
 import tiny
+import torch
 
 tiny.import_comfy()
 import nodes  # noqa: E402
@@ -16,15 +14,6 @@ SOURCE, TARGET = "a cat riding a bicycle", "a dog riding a bicycle"
 LEVEL = "1/2"  # the tiny UNets have cross-attention at 1/1 and 1/2 of the latent side
 
 
-@pytest.fixture(scope="module")
-def p2p():
-    pack.load()
-    return nodes.NODE_CLASS_MAPPINGS
-
-
-@pytest.fixture(scope="module")
-def error():
-    return pack.error_type()
 
 
 @pytest.fixture(scope="module", params=["sd1", "sd2", "sdxl"])

@@ -5,14 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-import torch
-
 import tiny
+import torch
 
 tiny.import_comfy()
 
 import comfy.sample  # noqa: E402
-
 import executor  # noqa: E402
 
 FAMILIES = ("sd1", "sd2", "sdxl")

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
-
 import executor
 import pack
+import pytest
 import tiny
 
 tiny.import_comfy()

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 
-import pytest
-import torch
-
 import executor
 import pack
+import pytest
 import tiny
+import torch
 
 tiny.import_comfy()
 import nodes  # noqa: E402
