@@ -226,3 +226,9 @@ def test_command_line_runs_an_example_and_explains_a_missing_checkpoint(tmp_path
     assert done.returncode == 0, done.stderr[-2000:]
     written = [line.removeprefix("wrote ") for line in done.stdout.splitlines() if line.startswith("wrote ")]
     assert len(written) == 2 and all(Path(p).is_file() for p in written)
+
+
+def test_examples_are_listed_as_templates_with_thumbnails(server):
+    listed = _get(server + "/api/workflow_templates")["comfyui-prompt-to-prompt"]
+    assert sorted(listed) == [p.stem for p in EXAMPLES]
+    assert all(p.with_suffix(".jpg").is_file() for p in EXAMPLES)
