@@ -8,13 +8,12 @@ the latent), which makes the comparison between inversion modes meaningful.
 
 from __future__ import annotations
 
-import json
-
 import executor
 import pack
 import pytest
 import tiny
 import torch
+from examples import api_prompt, node_id
 
 tiny.import_comfy()
 import comfy.model_management  # noqa: E402
@@ -119,24 +118,8 @@ def test_an_interrupted_inversion_leaves_the_model_unpatched(p2p):
 # --- through the executor -------------------------------------------------------------------------------
 
 def real_image_prompt(target="a photo of a dog"):
-    pack.load()
-    to_api = pack.module("nodes.workflow").to_api_prompt
-    path = pack.REPO_ROOT / "example_workflows" / "real_image_edit.json"
-    prompt = to_api(json.loads(path.read_text()), nodes.NODE_CLASS_MAPPINGS)
-    for node_id, node in list(prompt.items()):
-        kind, inputs = node["class_type"], node["inputs"]
-        if kind == "CheckpointLoaderSimple":
-            node.update(class_type="P2PTestTinyCheckpoint", inputs={"family": "sd1", "seed": 0})
-        elif kind == "SaveImage":
-            node.update(class_type="P2PTestSaveImage", inputs={"images": inputs["images"]})
-        elif kind == "VAEEncode":  # shrink ComfyUI's 768 x 768 example image to a 64 x 64 photo
-            prompt["scale"] = {"class_type": "ImageScale", "inputs": {
-                "image": inputs["pixels"], "upscale_method": "bilinear", "width": 64, "height": 64, "crop": "center"}}
-            inputs["pixels"] = ["scale", 0]
-        elif kind in ("NullTextInvert", "KSamplerAdvanced"):
-            inputs.update(steps=4)
-        elif kind == "ReplaceEdit":
-            inputs.update(target_prompt=target)
+    prompt = api_prompt(pack.REPO_ROOT / "example_workflows" / "real_image_edit.json", steps=4)
+    prompt[node_id(prompt, "ReplaceEdit")]["inputs"]["target_prompt"] = target
     return prompt
 
 
@@ -148,7 +131,7 @@ def test_real_image_edit_runs_through_the_executor_and_reuses_the_inversion():
     assert images.shape[:3] == (2, 64, 64) and torch.isfinite(images).all()
     second = executor.run_workflow(real_image_prompt("a photo of a fox"), [str(pack.REPO_ROOT)], keep_cache=True)
     assert second["success"], second["error_message"]
-    invert_id = next(i for i, n in prompt.items() if n["class_type"] == "NullTextInvert")
+    invert_id = node_id(prompt, "NullTextInvert")
     cached = [data.get("nodes", []) for event, data in second["messages"] if event == "execution_cached"]
     assert any(invert_id in ids for ids in cached)
     (edited,) = second["captured"].values()

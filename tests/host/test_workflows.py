@@ -1,9 +1,5 @@
-"""The example workflows load, validate and run end to end through ComfyUI's executor.
-
-Each UI-format example is converted to an API prompt with the pack's converter, its checkpoint loader
-swapped for a tiny random-weight one of the same outputs and its SaveImage for a capturing output node,
-and made small (64 x 64, 3 steps) so it runs in seconds.
-"""
+"""The example workflows load, validate and run end to end through ComfyUI's executor (see examples.py for
+how they are made small)."""
 
 from __future__ import annotations
 
@@ -12,35 +8,10 @@ import json
 import executor
 import pack
 import pytest
-import tiny
 import torch
+from examples import EDIT_NODES, EXAMPLES, api_prompt
 
-tiny.import_comfy()
-import nodes  # noqa: E402
-
-EXAMPLES = sorted((pack.REPO_ROOT / "example_workflows").glob("*.json"))
-EDIT_NODES = {"ReplaceEdit", "RefineEdit", "Reweight"}
-PACK_NODES = EDIT_NODES | {"AttentionStore", "LocalBlendMask", "ShowAttention"}
-SIZED_NODES = EDIT_NODES | {"AttentionStore"}
-
-
-def api_prompt(path, family="sd1"):
-    pack.load()
-    to_api = pack.module("nodes.workflow").to_api_prompt
-    prompt = to_api(json.loads(path.read_text()), nodes.NODE_CLASS_MAPPINGS)
-    for node in prompt.values():
-        kind, inputs = node["class_type"], node["inputs"]
-        if kind == "CheckpointLoaderSimple":
-            node.update(class_type="P2PTestTinyCheckpoint", inputs={"family": family, "seed": 0})
-        elif kind in ("SaveImage", "PreviewImage"):
-            node.update(class_type="P2PTestSaveImage", inputs={"images": inputs["images"]})
-        elif kind == "KSampler":
-            inputs.update(steps=3)
-        if kind in SIZED_NODES:
-            inputs.update(width=64, height=64)
-        if "level" in inputs:
-            inputs.update(level="1/2")  # the tiny UNets have levels 1/1 and 1/2 only
-    return prompt
+PACK_NODES = EDIT_NODES | {"AttentionStore", "LocalBlendMask", "ShowAttention", "NullTextInvert"}
 
 
 def saved_images(prompt, result):
