@@ -1,0 +1,168 @@
+"""Full-size random-weight SD1.5 / SDXL models for the benchmark, built from ComfyUI's own classes.
+
+No weights can be downloaded here, and none are needed: the time and memory of a sampling run depend on
+the shapes of the UNet and its inputs, not on the weight values. The UNets therefore use exactly the
+configs ``comfy.model_detection`` produces for real SD1.5 and SDXL checkpoints (checked against it), with
+weights drawn small enough that every activation stays finite. The text encoders keep the real tokenizers
+and widths (768 for SD1.5; 768 + 1280 with a 1280-wide pooled vector for SDXL) but only 3 transformer
+layers, since text encoding happens once per node, outside the sampling runs being timed.
+
+Device: CUDA (fp16) when available, else CPU (fp32), as ComfyUI itself would pick.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TESTS_HOST = REPO_ROOT / "tests" / "host"
+if str(TESTS_HOST) not in sys.path:  # tiny.py (weight init, ComfyUI discovery) and pack.py (loader)
+    sys.path.insert(0, str(TESTS_HOST))
+
+import tiny  # noqa: E402
+
+FAMILIES = ("sd15", "sdxl")
+
+#: Text transformer depth: enough for SDXL's penultimate-layer outputs (SDClipModel asserts |idx| < layers).
+TEXT_LAYERS = 3
+
+
+def import_comfy(cpu: bool | None = None) -> None:
+    """Import ComfyUI for benchmarking: its default settings, on CUDA when there is one.
+
+    Unlike ``tiny.import_comfy`` (the tests' version) this does not force ``--cpu`` and does not turn on
+    deterministic algorithms, which would slow cuBLAS down or make it refuse to run, and which a normal
+    ComfyUI start does not enable either. ``tiny`` is then marked imported so the test loader reuses it.
+    """
+    path = tiny.comfyui_path()
+    if path is None:
+        raise RuntimeError(tiny.skip_reason())
+    if path not in sys.path:
+        sys.path.insert(0, path)
+    if "comfy.model_management" not in sys.modules:
+        import comfy.cli_args
+
+        comfy.cli_args.args.cpu = (not torch.cuda.is_available()) if cpu is None else cpu
+    import comfy.model_management  # noqa: F401
+    import utils.install_util  # noqa: F401  (ComfyUI's `utils` package must win over comfy/utils.py)
+
+    tiny._IMPORTED = True
+
+
+def device_name() -> str:
+    """Where ComfyUI will run the UNet: 'cuda' or 'cpu'."""
+    import comfy.model_management
+
+    return comfy.model_management.get_torch_device().type
+
+
+def unet_dtype() -> torch.dtype:
+    """fp16 on a GPU (what ComfyUI loads SD1.5/SDXL checkpoints as there), fp32 on CPU."""
+    return torch.float16 if device_name() == "cuda" else torch.float32
+
+
+def unet_config(family: str, dtype: torch.dtype) -> dict[str, Any]:
+    """The UNet config ``comfy.model_detection`` gives for a real checkpoint of ``family``."""
+    common = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
+              "legacy": False, "dtype": dtype, "in_channels": 4, "model_channels": 320,
+              "use_temporal_attention": False, "use_temporal_resblock": False}
+    if family == "sd15":
+        return {**common, "adm_in_channels": None, "num_res_blocks": [2, 2, 2, 2],
+                "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0], "channel_mult": [1, 2, 4, 4],
+                "transformer_depth_middle": 1, "use_linear_in_transformer": False, "context_dim": 768,
+                "num_heads": 8, "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0]}
+    if family == "sdxl":
+        return {**common, "num_classes": "sequential", "adm_in_channels": 2816, "num_res_blocks": [2, 2, 2],
+                "transformer_depth": [0, 0, 2, 2, 10, 10], "channel_mult": [1, 2, 4],
+                "transformer_depth_middle": 10, "use_linear_in_transformer": True, "context_dim": 2048,
+                "num_head_channels": 64, "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10]}
+    raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
+
+
+def _check_detection(family: str, diffusion_model: torch.nn.Module, config: dict[str, Any]) -> None:
+    """Fail unless ComfyUI's checkpoint detection reads the built UNet back as the same config and family.
+
+    This is what makes "full-size SD1.5" a checked claim rather than a hand-typed one.
+    """
+    import comfy.model_detection
+    import comfy.supported_models as sm
+
+    keys = {f"model.diffusion_model.{k}": v for k, v in diffusion_model.state_dict().items()}
+    detected = comfy.model_detection.detect_unet_config(keys, "model.diffusion_model.")
+    mismatched = {k: (v, config.get(k)) for k, v in detected.items() if k != "dtype" and config.get(k) != v}
+    if mismatched:
+        raise AssertionError(f"{family} UNet is not what model_detection reads back: {mismatched}")
+    expected = {"sd15": sm.SD15, "sdxl": sm.SDXL}[family]
+    found = comfy.model_detection.model_config_from_unet_config(detected, keys)
+    if type(found) is not expected:
+        raise AssertionError(f"model_detection sees the {family} UNet as {type(found).__name__}")
+
+
+@dataclass
+class Bundle:
+    """A model and the CLIP that goes with it, plus facts for the results header."""
+
+    family: str
+    model: Any  # comfy.model_patcher.ModelPatcher
+    clip: Any  # comfy.sd.CLIP
+    dtype: torch.dtype
+    parameters: int
+
+
+def make_model(family: str, seed: int = 0, dtype: torch.dtype | None = None) -> tuple[Any, int]:
+    """A ModelPatcher around a full-size random-weight UNet of ``family``, and its parameter count.
+
+    The model is built on the CPU (ComfyUI moves it to the GPU when sampling) and initialised as the tests'
+    tiny models are: matrices N(0, 1/fan_in), norms 1, biases 0, so activations stay O(1) and finite.
+    """
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.supported_models as sm
+
+    dtype = dtype or unet_dtype()
+    config_class = {"sd15": sm.SD15, "sdxl": sm.SDXL}[family]
+    model_config = config_class(unet_config(family, dtype))
+    model_config.set_inference_dtype(dtype, None)
+    model = model_config.get_model({}, "", device=torch.device("cpu"))
+    _check_detection(family, model.diffusion_model, unet_config(family, dtype))
+    tiny.init_weights(model, seed)
+    model.eval()
+    patcher = comfy.model_patcher.ModelPatcher(
+        model, load_device=comfy.model_management.get_torch_device(),
+        offload_device=comfy.model_management.unet_offload_device())
+    return patcher, sum(p.numel() for p in model.diffusion_model.parameters())
+
+
+def make_clip(family: str, seed: int = 0, dtype: torch.dtype | None = None) -> Any:
+    """A ``comfy.sd.CLIP`` with the family's stock tokenizer(s) and full-width, 3-layer text encoders."""
+    import comfy.sd
+    import comfy.supported_models as sm
+
+    dtype = dtype or unet_dtype()
+    config_class = {"sd15": sm.SD15, "sdxl": sm.SDXL}[family]
+    target = config_class(unet_config(family, dtype)).clip_target()
+    layers = {"num_hidden_layers": TEXT_LAYERS}
+    options = {"dtype": dtype, "clip_l_model_config": dict(layers), "clip_g_model_config": dict(layers)}
+    clip = comfy.sd.CLIP(target=target, embedding_directory=None, model_options=options)
+    tiny.init_weights(clip.cond_stage_model, seed)
+    return clip
+
+
+def make_bundle(family: str, seed: int = 0) -> Bundle:
+    """The model and CLIP of ``family`` on ComfyUI's device, in its dtype."""
+    import_comfy()
+    dtype = unet_dtype()
+    model, parameters = make_model(family, seed, dtype)
+    return Bundle(family, model, make_clip(family, seed, dtype), dtype, parameters)
+
+
+def threads_note() -> str:
+    """How many intra-op threads torch uses, and where that came from (for the results header)."""
+    source = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}" if "OMP_NUM_THREADS" in os.environ else "default"
+    return f"{torch.get_num_threads()} ({source})"
