@@ -477,7 +477,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="timed runs of null-text inversion (default 1 on CPU, where one run takes minutes; "
                              "--repeats on a GPU)")
     parser.add_argument("--warmup-steps", type=int, default=3,
-                        help="steps of each variant's warm-up run (3: the self- and cross-attention windows are both open in it)")
+                        help="steps of each variant's warm-up run "
+                             "(3: the self- and cross-attention windows are both open in it)")
     parser.add_argument("--cfg", type=float, default=7.5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", help="comma-separated variants to run (baselines are added); choices: "
