@@ -17,7 +17,7 @@ import torch
 from comfy.ldm.modules.attention import SpatialTransformer
 from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, UNetModel, Upsample
 
-from ..p2p_core.attention import cross_attention, edited_row_pairs, shared_self_attention
+from ..p2p_core.attention import cross_attention, edited_row_pairs, record_self_attention, shared_self_attention
 from ..p2p_core.blend import BlendSpec, blend_masks, blend_rows
 from ..p2p_core.edits import EditPlan, StepEdit
 from ..p2p_core.errors import PromptToPromptError
@@ -54,13 +54,14 @@ class EditState:
 @dataclass(frozen=True)
 class CallState:
     """One model call's step and work: per edited row its cross edit (on the call's device) and self
-    sharing, and the accumulators recording at this step."""
+    sharing, and the accumulators recording cross- and self-attention at this step."""
 
     step: int
     steps: int
     cross: tuple[StepEdit | None, ...]
     shares_self: tuple[bool, ...]
     recording: tuple[MapAccumulator, ...]
+    recording_self: tuple[MapAccumulator, ...]
 
 
 def _unet(model) -> UNetModel:
@@ -186,7 +187,8 @@ class EditPatch:
         cross = tuple(None if (e := row.cross_edit(step, steps)) is None else e.to(x.device) for row in rows)
         recorder = self.state.recorder
         state = CallState(step, steps, cross, tuple(row.shares_self_attention(step, steps) for row in rows),
-                          recorder.recording(step, steps) if recorder is not None else ())
+                          recorder.recording(step, steps) if recorder is not None else (),
+                          recorder.recording_self(step, steps) if recorder is not None else ())
         transformer_options = {**transformer_options, KEY: state}
         return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
 
@@ -208,33 +210,42 @@ class EditPatch:
             lengths = lengths * per_chunk
         return [(start + i, length) for i, length in enumerate(lengths)]
 
+    def recorder_at(self, accumulators: tuple[MapAccumulator, ...], extra_options: dict, batch: int):
+        """(rows to record with their prompt lengths, the callback adding a row's maps) for this layer's
+        level, or ([], None) when nothing records it."""
+        layer_shape = tuple(extra_options["activations_shape"][-2:])
+        level = layer_level(extra_options["original_shape"][-2], layer_shape[0])
+        recording = [a for a in accumulators if a.level == level]
+        record = self.recorded_rows(extra_options, batch) if recording else []
+        if not record:
+            return [], None
+        offset = record[0][0]
+
+        def recorder(row: int, maps: torch.Tensor) -> None:
+            for accumulator in recording:
+                accumulator.add(row - offset, maps, layer_shape)
+        return record, recorder
+
     def cross_attention(self, q, k, v, extra_options):
         state: CallState = extra_options[KEY]
         edits = [(source, row, state.cross[i], self.plan.rows[i].prompt.length)
                  for source, row, i in self.row_pairs(extra_options, q.shape[0]) if state.cross[i] is not None]
-        layer_shape = tuple(extra_options["activations_shape"][-2:])
-        level = layer_level(extra_options["original_shape"][-2], layer_shape[0])
-        recording = [a for a in state.recording if a.level == level]
-        record, recorder = [], None
-        if recording:
-            record = self.recorded_rows(extra_options, q.shape[0])
-            offset = record[0][0] if record else 0
-
-            def recorder(row: int, maps: torch.Tensor) -> None:
-                for accumulator in recording:
-                    accumulator.add(row - offset, maps, layer_shape)
+        record, recorder = self.recorder_at(state.recording, extra_options, q.shape[0])
         return cross_attention(q, k, v, extra_options["n_heads"], edits, self.plan.source.length,
                                comfy_attention.optimized_attention, record=record, recorder=recorder,
                                attn_precision=extra_options["attn_precision"], transformer_options=extra_options)
 
     def self_attention(self, q, k, v, extra_options):
         state: CallState = extra_options[KEY]
+        heads = extra_options["n_heads"]
+        record, recorder = self.recorder_at(state.recording_self, extra_options, q.shape[0])
+        if recorder is not None:
+            record_self_attention(q, k, heads, [row for row, _ in record], recorder)
         layer_side = extra_options["activations_shape"][-2]
         latent_side = extra_options["original_shape"][-2]
         pairs = [(source, row) for source, row, i in self.row_pairs(extra_options, q.shape[0])
                  if state.shares_self[i] and self.plan.rows[i].shares_self_attention_at(layer_side, latent_side)]
-        return shared_self_attention(q, k, v, extra_options["n_heads"], pairs,
-                                     comfy_attention.optimized_attention,
+        return shared_self_attention(q, k, v, heads, pairs, comfy_attention.optimized_attention,
                                      attn_precision=extra_options["attn_precision"], transformer_options=extra_options)
 
 

@@ -1,9 +1,10 @@
-"""AttentionStore and ShowAttention: record cross-attention maps while sampling, then look at them.
+"""AttentionStore and ShowAttention: record attention maps while sampling, then look at them.
 
-AttentionStore patches the MODEL to keep a running average of one level's maps; it works on a plain
-prompt or after edit nodes (then every row, source and edits, is recorded). ShowAttention runs after the
-sampler (it takes the decoded images, which also orders it after sampling) and draws per-token heatmaps
-over a row's image, masks for chosen words, and the local-blend masks the sampler actually used.
+AttentionStore patches the MODEL to keep a running average of one level's cross-attention maps (and,
+if asked, self-attention maps); it works on a plain prompt or after edit nodes (then every row, source
+and edits, is recorded). ShowAttention runs after the sampler (it takes the decoded images, which also
+orders it after sampling) and draws per-token heatmaps over a row's image, masks for chosen words, the
+local-blend masks the sampler actually used, and the principal components of the self-attention maps.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ..p2p_core.edits import EditPlan
 from ..p2p_core.errors import PromptToPromptError
-from ..p2p_core.render import overlay
+from ..p2p_core.render import colorize, overlay
 from ..p2p_core.schedule import Window
-from ..p2p_core.store import MapAccumulator, Recorder, token_heatmaps
+from ..p2p_core.store import MapAccumulator, Recorder, self_attention_components, token_heatmaps
 from ..p2p_core.tokens import WORD_END, PromptTokens, TokenizeFn
 from .edit_nodes import CATEGORY, MAX_RESOLUTION, finish, start_or_continue
 from .patch import check_level
@@ -97,6 +98,11 @@ class AttentionStore:
                                   "tooltip": "Image width, used when no latent is connected."}),
                 "height": ("INT", {"default": 512, "min": 16, "max": MAX_RESOLUTION, "step": 8,
                                    "tooltip": "Image height, used when no latent is connected."}),
+                "self_attention": ("BOOLEAN", {
+                    "default": False,
+                    "tooltip": "Also record self-attention maps at this level, for Show Attention's self-attention "
+                               "components. Costs one explicit pixels x pixels map per head and row at this level "
+                               "only (16x16 layers at 512x512 with 1/4), nothing elsewhere."}),
             },
             "optional": {
                 "latent": ("LATENT", {"tooltip": "Optional starting latent of one image. Default: an empty latent."}),
@@ -104,11 +110,13 @@ class AttentionStore:
         }
 
     def apply(self, model, clip, prompt: str, level: str, start: float, end: float, width: int, height: int,
-              latent: dict | None = None) -> tuple:
+              self_attention: bool = False, latent: dict | None = None) -> tuple:
         state = start_or_continue(model, clip, prompt)
-        store = MapAccumulator(check_level(model, LEVELS[level]), Window(start, end))
+        level_number, window = check_level(model, LEVELS[level]), Window(start, end)
+        store = MapAccumulator(level_number, window)
+        self_store = MapAccumulator(level_number, window) if self_attention else None
         blend = state.recorder.blend if state.recorder is not None else None
-        state = replace(state, recorder=Recorder(store=store, blend=blend))
+        state = replace(state, recorder=Recorder(store=store, blend=blend, self_store=self_store))
         patched, positive, out_latent = finish(model, state, width, height, latent)
         return patched, positive, out_latent, AttentionRecord(state.recorder, state.plan, word_tokenizer(clip))
 
@@ -117,15 +125,17 @@ class ShowAttention:
     """Draw recorded attention: per-token heatmaps, word masks, and the local-blend masks used."""
 
     DESCRIPTION = ("Shows what an AttentionStore or LocalBlendMask recorded during sampling: one heatmap per token of "
-                   "a row's prompt over that row's image, a MASK per chosen word, and the local-blend mask each "
-                   "edited row used.")
+                   "a row's prompt over that row's image, a MASK per chosen word, the local-blend mask each "
+                   "edited row used, and the principal components of the row's self-attention maps.")
     CATEGORY = CATEGORY
-    RETURN_TYPES = ("IMAGE", "MASK", "MASK")
-    RETURN_NAMES = ("heatmaps", "word_masks", "blend_masks")
+    RETURN_TYPES = ("IMAGE", "MASK", "MASK", "IMAGE")
+    RETURN_NAMES = ("heatmaps", "word_masks", "blend_masks", "self_components")
     OUTPUT_TOOLTIPS = (
         "One image per token of the row's prompt: its attention over the row's image, with the token under it.",
         "One mask per word in 'words' (its attention, scaled to 0..1), at the image's size.",
         "The local-blend mask of each edited row at the last step (white = edited), or black without a blend.",
+        "The top principal components of the row's averaged self-attention maps (the regions the model treats "
+        "as one object), needs self_attention on in Attention Store; otherwise one tile saying so.",
     )
     FUNCTION = "show"
 
@@ -142,10 +152,14 @@ class ShowAttention:
                                      "tooltip": "Words of that row's prompt to output as masks, separated by commas."}),
                 "opacity": ("FLOAT", {"default": 0.6, "min": 0.0, "max": 1.0, "step": 0.05,
                                       "tooltip": "How strongly the heatmap covers the image."}),
+                "components": ("INT", {"default": 10, "min": 1, "max": 64,
+                                       "tooltip": "How many self-attention components to show (the notebook "
+                                                  "shows 10), strongest first."}),
             },
         }
 
-    def show(self, attention: AttentionRecord, images: torch.Tensor, row: int, words: str, opacity: float) -> tuple:
+    def show(self, attention: AttentionRecord, images: torch.Tensor, row: int, words: str, opacity: float,
+             components: int = 10) -> tuple:
         maps_store = attention.maps()
         if row not in maps_store.rows():
             raise PromptToPromptError(
@@ -160,7 +174,8 @@ class ShowAttention:
         names = [w.strip() for w in words.split(",") if w.strip()]
         word_masks = (token_heatmaps(maps, [prompt.find(w, attention.tokenize) for w in names], size)
                       if names else torch.zeros(1, *size))
-        return torch.stack(tiles), word_masks, blend_masks_image(attention.recorder, size)
+        return (torch.stack(tiles), word_masks, blend_masks_image(attention.recorder, size),
+                self_components_image(attention.recorder.self_store, row, components, size))
 
 
 def token_text(piece: str) -> str:
@@ -187,6 +202,15 @@ def blend_masks_image(recorder: Recorder, size: tuple[int, int]) -> torch.Tensor
         return torch.zeros(1, *size)
     masks = recorder.last_masks.float().cpu()[:, None]
     return F.interpolate(masks, size=size, mode="nearest")[:, 0]
+
+
+def self_components_image(store: MapAccumulator | None, row: int, count: int, size: tuple[int, int]) -> torch.Tensor:
+    """The row's top self-attention components, coloured and labelled [count, H + strip, W, 3], or one tile
+    telling how to record them."""
+    if store is None or row not in store.rows():
+        return label(torch.zeros(*size, 3), "turn on self_attention in Attention Store")[None]
+    parts = self_attention_components(store.mean(row).float().cpu(), count, size)
+    return torch.stack([label(colorize(part), f"component {i + 1}") for i, part in enumerate(parts)])
 
 
 NODE_CLASS_MAPPINGS = {"AttentionStore": AttentionStore, "ShowAttention": ShowAttention}

@@ -1,10 +1,11 @@
-"""Running averages of cross-attention maps over steps, layers and heads.
+"""Running averages of attention maps over steps, layers and heads, and the views drawn from them.
 
 A layer's *level* is how many times smaller its feature map is than the latent (1, 2, 4, 8): the paper's
 "16 x 16 maps at 512 x 512" are level 4 of SD1.x, and level 4 of SDXL at 1024 x 1024 is its 32 x 32 block.
 Levels, not pixel sizes, pick the layers, so every resolution and aspect ratio works.
 
 Memory is constant in the number of steps: one running sum per row (h * w * tokens floats) and a count.
+Self-attention maps are accumulated the same way, with the layer's h * w pixels as the "tokens".
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ def layer_level(latent_side: int, layer_side: int) -> int:
 
 
 class MapAccumulator:
-    """Sum of one level's cross-attention maps per prompt row, averaged on read.
+    """Sum of one level's attention maps per prompt row, averaged on read.
 
     Sums are kept per row in each row's own token space ([h * w, tokens]); `mean` divides by the number of
     maps added (layers x heads x steps), so every pixel's map still sums to one over the tokens.
@@ -71,16 +72,41 @@ def token_heatmaps(maps: torch.Tensor, columns: list[tuple[int, ...]], size: tup
     return (resized / peak[:, None, None]).clamp(0, 1)
 
 
+def self_attention_components(maps: torch.Tensor, count: int, size: tuple[int, int]) -> torch.Tensor:
+    """The notebook's self-attention view: the top `count` principal components of a row's averaged
+    self-attention maps, as images. maps [h, w, h * w] -> [count, H, W] in 0..1.
+
+    Each pixel's map (a row of the h*w x h*w matrix) is centred, and the right singular vectors are the
+    patterns over the image that explain most of how pixels attend: they segment the picture into the
+    regions the model treats as one object. Singular vectors have no sign of their own, so each is turned
+    to make its largest entry positive (the same picture on every device), then scaled to 0..1.
+    """
+    h, w, pixels = maps.shape
+    if pixels != h * w:
+        raise ValueError(f"self-attention maps must be [h, w, h*w], got {tuple(maps.shape)}")
+    matrix = maps.reshape(pixels, pixels).double()
+    _, _, vh = torch.linalg.svd(matrix - matrix.mean(1, keepdim=True), full_matrices=False)
+    top = vh[:count]
+    peaks = top.gather(1, top.abs().argmax(1, keepdim=True))
+    top = top * torch.where(peaks < 0, -1.0, 1.0).to(top.dtype)
+    top = top - top.amin(1, keepdim=True)
+    top = (top / top.amax(1, keepdim=True).clamp_min(1e-12)).float().reshape(-1, 1, h, w)
+    return torch.nn.functional.interpolate(top, size=size, mode="bilinear", align_corners=False)[:, 0].clamp(0, 1)
+
+
 class Recorder:
     """What a patched model remembers of its latest sampling run, for nodes that read it afterwards.
 
     `store` feeds the attention-map view (its own level and step window), `blend` the local-blend masks
-    (every step). Both are reset when a run starts, so a re-run never adds to the last one's maps.
+    (every step), `self_store` the self-attention components view (the store's level and window). All are
+    reset when a run starts, so a re-run never adds to the last one's maps.
     """
 
-    def __init__(self, store: MapAccumulator | None = None, blend: MapAccumulator | None = None) -> None:
+    def __init__(self, store: MapAccumulator | None = None, blend: MapAccumulator | None = None,
+                 self_store: MapAccumulator | None = None) -> None:
         self.store = store
         self.blend = blend
+        self.self_store = self_store
         self.last_masks: torch.Tensor | None = None
 
     def __deepcopy__(self, memo: dict) -> Recorder:
@@ -88,12 +114,19 @@ class Recorder:
         return self
 
     def reset(self) -> None:
-        for accumulator in self.accumulators():
-            accumulator.reset()
+        for accumulator in (self.store, self.blend, self.self_store):
+            if accumulator is not None:
+                accumulator.reset()
         self.last_masks = None
 
-    def accumulators(self) -> list[MapAccumulator]:
-        return [a for a in (self.store, self.blend) if a is not None]
-
     def recording(self, step: int, steps: int) -> tuple[MapAccumulator, ...]:
-        return tuple(a for a in self.accumulators() if a.window.contains(step, steps))
+        """The cross-attention accumulators whose window contains `step`."""
+        return _open(step, steps, self.store, self.blend)
+
+    def recording_self(self, step: int, steps: int) -> tuple[MapAccumulator, ...]:
+        """The self-attention accumulator, if its window contains `step`."""
+        return _open(step, steps, self.self_store)
+
+
+def _open(step: int, steps: int, *accumulators: MapAccumulator | None) -> tuple[MapAccumulator, ...]:
+    return tuple(a for a in accumulators if a is not None and a.window.contains(step, steps))

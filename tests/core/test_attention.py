@@ -3,7 +3,15 @@ import torch
 import torch.nn.functional as F
 
 from p2p_core.align import TokenMapping
-from p2p_core.attention import cross_attention, edited_row_pairs, fold_tokens, shared_self_attention, unfold_tokens
+from p2p_core.attention import (
+    MAX_SELF_MAP_PIXELS,
+    cross_attention,
+    edited_row_pairs,
+    fold_tokens,
+    record_self_attention,
+    shared_self_attention,
+    unfold_tokens,
+)
 from p2p_core.edits import StepEdit
 from p2p_core.errors import PromptToPromptError
 
@@ -122,3 +130,21 @@ def test_shared_self_attention_uses_source_queries_and_keys_with_own_values():
     assert torch.allclose(out[2].double(), expected, atol=1e-5)
     assert torch.allclose(out[:2], sdpa(q, k, v, HEADS)[:2], atol=1e-6)
     assert calls == [torch.Size([3, N, HEADS * DIM])]  # one fused call, no N x N map built here
+
+
+def test_recorded_self_attention_is_each_heads_softmax_one_head_at_a_time():
+    q, k, _ = qkv(3, tokens=N, dtype=torch.float16)
+    seen = []
+    record_self_attention(q, k, HEADS, [0, 2], lambda row, maps: seen.append((row, maps)))
+    expected, _ = explicit(q.float(), k.float(), k.float(), HEADS)
+    assert [row for row, _ in seen] == [0, 0, 2, 2]
+    for index, (row, maps) in enumerate(seen):
+        assert maps.shape == (1, N, N) and maps.dtype == torch.float32
+        assert torch.allclose(maps[0].double(), expected[row, index % HEADS], atol=1e-5)
+
+
+def test_recording_self_attention_of_too_large_a_layer_names_the_fix():
+    pixels = MAX_SELF_MAP_PIXELS + 1
+    q = torch.zeros(1, pixels, HEADS * DIM)
+    with pytest.raises(PromptToPromptError, match="coarser level"):
+        record_self_attention(q, q, HEADS, [0], lambda row, maps: None)

@@ -5,7 +5,7 @@ from p2p_core.blend import BlendSpec, blend_masks, blend_rows, word_mask
 from p2p_core.errors import PromptToPromptError
 from p2p_core.render import colorize, overlay
 from p2p_core.schedule import Window
-from p2p_core.store import MapAccumulator, Recorder, layer_level, token_heatmaps
+from p2p_core.store import MapAccumulator, Recorder, layer_level, self_attention_components, token_heatmaps
 
 
 def one_hot_maps(h, w, tokens, hot):
@@ -39,6 +39,7 @@ def test_recorder_records_only_inside_each_window():
     store, blend = MapAccumulator(4, Window(0.5, 1.0)), MapAccumulator(4)
     recorder = Recorder(store, blend)
     assert recorder.recording(0, 10) == (blend,) and recorder.recording(5, 10) == (store, blend)
+    assert recorder.recording_self(5, 10) == ()
     import copy
     assert copy.deepcopy(recorder) is recorder
 
@@ -96,3 +97,31 @@ def test_colorize_and_overlay_stay_in_range():
     assert colours[0, 0].argmax() == 2 and colours[0, -1].argmax() == 0  # low is blue, high is red
     image = torch.full((1, 5, 3), 0.5)
     assert torch.equal(overlay(image, heat, 0.0), image)
+
+
+def test_self_attention_recorder_has_its_own_window_and_is_reset():
+    own = MapAccumulator(4, Window(0.0, 0.5))
+    recorder = Recorder(MapAccumulator(4), self_store=own)
+    assert recorder.recording_self(0, 10) == (own,) and recorder.recording_self(6, 10) == ()
+    assert own not in recorder.recording(0, 10)
+    own.add(0, torch.rand(1, 4, 4).softmax(-1), (2, 2))
+    recorder.reset()
+    assert own.rows() == []
+
+
+def test_self_attention_components_separate_two_regions():
+    """Pixels of the left half attend to the left half, the right to the right: the first component
+    is one value on each side, so it splits the image down the middle."""
+    h, w = 4, 6
+    left = (torch.arange(w) < w // 2).repeat(h)
+    maps = torch.where(left[:, None] == left[None, :], 1.0, 0.05) + 0.01 * torch.rand(h * w, h * w)
+    maps = (maps / maps.sum(1, keepdim=True)).reshape(h, w, h * w)
+    parts = self_attention_components(maps, 3, (h, w))
+    assert parts.shape == (3, h, w) and float(parts.min()) >= 0 and float(parts.max()) <= 1
+    first = parts[0]
+    assert float((first[:, : w // 2].mean() - first[:, w // 2:].mean()).abs()) > 0.8
+
+
+def test_self_attention_components_need_square_pixel_maps():
+    with pytest.raises(ValueError, match=r"\[h, w, h\*w\]"):
+        self_attention_components(torch.rand(2, 3, 5), 1, (2, 3))

@@ -26,8 +26,9 @@ def sample(model, clip, positive, latent, steps=6, sampler="euler"):
     return nodes.common_ksampler(model, 5, steps, 5.0, sampler, "normal", positive, negative, latent)[0]["samples"]
 
 
-def store(p2p, model, clip, prompt=SOURCE, width=64, height=64, start=0.0, end=1.0):
-    return p2p["AttentionStore"]().apply(model, clip, prompt, LEVEL, start, end, width, height)
+def store(p2p, model, clip, prompt=SOURCE, width=64, height=64, start=0.0, end=1.0, self_attention=False,
+          level=LEVEL):
+    return p2p["AttentionStore"]().apply(model, clip, prompt, level, start, end, width, height, self_attention)
 
 
 def replace(p2p, model, clip, target=TARGET, size=128):
@@ -89,11 +90,43 @@ def test_show_attention_draws_each_token_and_word_masks(p2p):
     model, clip, vae = executor.tiny_bundle("sd1")
     patched, positive, latent, record = store(p2p, model, clip, width=64, height=96)
     images = vae.decode(sample(patched, clip, positive, latent)).detach()
-    heatmaps, word_masks, blend_masks = p2p["ShowAttention"]().show(record, images, 0, "cat, bicycle", 0.6)
+    heatmaps, word_masks, blend_masks, components = p2p["ShowAttention"]().show(record, images, 0, "cat, bicycle",
+                                                                                0.6, 3)
     tokens = record.plan.source.content
     assert heatmaps.shape[0] == len(tokens) and heatmaps.shape[1] > 96 and heatmaps.shape[2] == 64
     assert word_masks.shape == (2, 96, 64) and float(word_masks.max()) == pytest.approx(1.0)
     assert float(word_masks.min()) >= 0 and not bool(blend_masks.any())
+    assert components.shape[0] == 1  # self-attention was not recorded: one tile that says how to record it
+
+
+def test_self_attention_maps_are_softmax_rows_over_the_layers_pixels(p2p, bundle):
+    model, clip, _ = bundle
+    patched, positive, latent, record = store(p2p, model, clip, width=64, height=128, self_attention=True)
+    out = sample(patched, clip, positive, latent)
+    maps = record.recorder.self_store.mean(0)
+    assert maps.shape == (8, 4, 32)  # latent 16 x 8, level 1/2: 8 x 4 pixels attending to 32
+    assert bool((maps >= 0).all()) and torch.allclose(maps.sum(-1), torch.ones(8, 4), atol=1e-5)
+    assert record.recorder.self_store.counts[0] == record.maps().counts[0]  # same layers, heads and steps
+    assert torch.equal(out, sample(model, clip, positive, latent))  # recording changes nothing
+
+
+def test_show_attention_draws_the_self_attention_components(p2p):
+    model, clip, vae = executor.tiny_bundle("sd1")
+    edited, _, _ = replace(p2p, model, clip, size=64)
+    patched, positive, latent, record = p2p["AttentionStore"]().apply(edited, clip, "", LEVEL, 0.0, 1.0, 64, 64, True)
+    images = vae.decode(sample(patched, clip, positive, latent)).detach()
+    assert record.recorder.self_store.rows() == [0, 1]
+    components = p2p["ShowAttention"]().show(record, images, 1, "", 0.6, 4)[3]
+    assert components.shape[0] == 4 and components.shape[1] > 64 and components.shape[2:] == (64, 3)
+    assert float(components.min()) >= 0 and float(components.max()) <= 1
+    assert not torch.equal(components[0], components[1])
+
+
+def test_self_attention_of_a_too_large_layer_is_refused_before_it_is_built(p2p, error):
+    model, clip, _ = executor.tiny_bundle("sd1")
+    patched, positive, latent, _ = store(p2p, model, clip, width=520, height=520, self_attention=True, level="1/1")
+    with pytest.raises(error, match="4225 x 4225 maps.*coarser level"):
+        sample(patched, clip, positive, latent, steps=1)
 
 
 def test_show_attention_before_sampling_says_what_to_do(p2p, error):
@@ -164,7 +197,7 @@ def test_show_attention_outputs_the_blend_masks_used(p2p):
     edited, positive, latent = replace(p2p, model, clip)
     blended, record = blend(p2p, edited, clip)
     images = vae.decode(sample(blended, clip, positive, latent)).detach()
-    _, _, blend_masks = p2p["ShowAttention"]().show(record, images, 1, "dog", 0.6)
+    _, _, blend_masks, _ = p2p["ShowAttention"]().show(record, images, 1, "dog", 0.6)
     assert blend_masks.shape == (1, 128, 128)
     assert torch.equal(blend_masks[0, ::8, ::8].bool(), record.recorder.last_masks[0].cpu())
 
