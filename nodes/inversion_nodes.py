@@ -170,14 +170,47 @@ def _model_cond(entries: list[dict], name: str) -> torch.Tensor | None:
     return None if cond is None else cond.cond.detach().clone()
 
 
+class AutogradWeights:
+    """While the null-text worker is loaded, its UNet's inference-mode weights are replaced by ordinary
+    tensors on the same memory, so that backward may save them.
+
+    ComfyUI loads checkpoints in inference mode, and autograd refuses to save inference tensors. A weight
+    wrapper would copy every weight on every forward: a quarter of a null-text step on CPU, and a second copy
+    of the UNet alive through each backward pass (fp32 SDXL then needs more than 24 GiB). A view made
+    outside inference mode costs nothing. ComfyUI injects it once the clone is loaded (LoRA and other weight
+    patches applied; patched weights are ordinary already) and ejects it before it moves or unpatches any
+    weight, which puts the original parameters back.
+    """
+
+    def __init__(self) -> None:
+        self.originals: dict[str, torch.nn.Parameter] = {}
+
+    def inject(self, patcher) -> None:
+        unet = patcher.model.diffusion_model
+        with torch.inference_mode(False):
+            for name, parameter in list(unet.named_parameters()):
+                if parameter.is_inference():
+                    self.originals[name] = parameter
+                    comfy.utils.set_attr_param(unet, name, _ordinary_view(parameter))
+
+    def eject(self, patcher) -> None:
+        unet = patcher.model.diffusion_model
+        for name, parameter in self.originals.items():
+            comfy.utils.set_attr(unet, name, parameter)
+        self.originals.clear()
+
+
+def _ordinary_view(tensor: torch.Tensor) -> torch.Tensor:
+    """A tensor on `tensor`'s memory that is not an inference tensor (call outside inference mode)."""
+    view = torch.empty(0, dtype=tensor.dtype, device=tensor.device)
+    return view.set_(tensor.untyped_storage(), tensor.storage_offset(), tensor.size(), tensor.stride())
+
+
 def _differentiable(model):
-    """A clone whose weights are copied on every forward, so backward can pass through a model that was
-    loaded in inference mode (as ComfyUI's LoRA training node does); the copies need no gradient."""
+    """A clone of `model` through which backward can pass (see AutogradWeights)."""
     clone = model.clone()
-    for name, module in clone.model.named_modules():
-        for part in ("weight", "bias"):
-            if hasattr(module, f"{part}_function") and getattr(module, part, None) is not None:
-                clone.add_weight_wrapper(f"{name}.{part}", torch.Tensor.detach)
+    weights = AutogradWeights()
+    clone.set_injections(KEY, [comfy.patcher_extension.PatcherInjection(weights.inject, weights.eject)])
     return clone
 
 
@@ -237,11 +270,15 @@ class NullTextInvert:
         negative = _conditioning(encode_prompt(clip, ""))
         progress = comfy.utils.ProgressBar(steps * (2 if mode == "null-text" else 1))
         sampler = InversionSampler(mode, cfg, progress)
+        worker = _differentiable(model) if mode == "null-text" else model
         with torch.inference_mode(False), torch.enable_grad():
-            worker = _differentiable(model) if mode == "null-text" else model
-            inverted = comfy.samplers.sample(
-                worker, torch.zeros_like(samples).clone(), _clone(positive), _clone(negative), cfg,
-                model.load_device, sampler, sigmas, latent_image=samples.clone())
+            try:
+                inverted = comfy.samplers.sample(
+                    worker, torch.zeros_like(samples).clone(), _clone(positive), _clone(negative), cfg,
+                    model.load_device, sampler, sigmas, latent_image=samples.clone())
+            finally:
+                if worker is not model:  # the shared UNet gets its own parameters back, even after an interrupt
+                    worker.eject_model()
         comfy.model_management.soft_empty_cache()
         inversion = Inversion(mode, prompt, scheduler, tuple(sigmas.tolist()), tuple(samples.shape),
                               sampler.uncond, sampler.uncond_y, sampler.targets)

@@ -109,10 +109,31 @@ def test_an_interrupted_inversion_leaves_the_model_unpatched(p2p):
             invert(p2p, model, clip, "null-text")
     finally:
         comfy.model_management.interrupt_current_processing(False)
-    assert not model.weight_wrapper_patches and model.get_attachment("prompt_to_prompt_inversion") is None
+    assert model.get_injections("prompt_to_prompt_inversion") is None
+    assert model.get_attachment("prompt_to_prompt_inversion") is None
     after = nodes.common_ksampler(model, 1, 3, CFG, "euler", "normal", positive, encode(clip, ""),
                                   nodes.EmptyLatentImage().generate(64, 64, 1)[0])[0]["samples"]
     assert torch.equal(before, after)
+
+
+def test_null_text_runs_on_weights_loaded_in_inference_mode_and_leaves_them_as_they_were(p2p):
+    """ComfyUI loads checkpoints inside inference mode, whose tensors autograd cannot save: the inversion
+    must still optimise (with the same result as on ordinary weights) and hand back the very same
+    parameters, without copying them."""
+    with torch.inference_mode():
+        loaded = tiny.make_model("sd1", seed=3)
+    unet = loaded.model.diffusion_model
+    before = dict(unet.named_parameters())
+    assert all(p.is_inference() for p in before.values())
+    clip = gentle("sd1")[1]
+    ordinary = tiny.make_model("sd1", seed=3)
+    inverted, latent = invert(p2p, loaded, clip, "null-text", steps=3)
+    reference, reference_latent = invert(p2p, ordinary, clip, "null-text", steps=3)
+    mine, theirs = (m.get_attachment("prompt_to_prompt_inversion") for m in (inverted, reference))
+    assert all(torch.equal(a, b) for a, b in zip(mine.uncond, theirs.uncond, strict=True))
+    assert torch.equal(latent["samples"], reference_latent["samples"])
+    after = dict(unet.named_parameters())
+    assert after.keys() == before.keys() and all(after[name] is before[name] for name in before)
 
 
 # --- through the executor -------------------------------------------------------------------------------
