@@ -171,14 +171,15 @@ def _model_cond(entries: list[dict], name: str) -> torch.Tensor | None:
 
 
 class AutogradWeights:
-    """While the null-text worker is loaded, its UNet's inference-mode weights are replaced by ordinary
-    tensors on the same memory, so that backward may save them.
+    """While the null-text worker is loaded, its UNet's weights are replaced by views of the same memory
+    that autograd may save and never differentiates.
 
-    ComfyUI loads checkpoints in inference mode, and autograd refuses to save inference tensors. A weight
-    wrapper would copy every weight on every forward: a quarter of a null-text step on CPU, and a second copy
-    of the UNet alive through each backward pass (fp32 SDXL then needs more than 24 GiB). A view made
-    outside inference mode costs nothing. ComfyUI injects it once the clone is loaded (LoRA and other weight
-    patches applied; patched weights are ordinary already) and ejects it before it moves or unpatches any
+    ComfyUI loads checkpoints in inference mode, and autograd refuses to save inference tensors; weights
+    built outside it may still ask for gradients, which would make every backward pass compute and keep a
+    gradient per weight. A weight wrapper would copy every weight on every forward: a quarter of a
+    null-text step on CPU, and a second copy of the UNet alive through each backward pass (fp32 SDXL then
+    needs more than 24 GiB). A view made outside inference mode costs nothing. ComfyUI injects it once the
+    clone is loaded (LoRA and other weight patches applied) and ejects it before it moves or unpatches any
     weight, which puts the original parameters back.
     """
 
@@ -189,7 +190,7 @@ class AutogradWeights:
         unet = patcher.model.diffusion_model
         with torch.inference_mode(False):
             for name, parameter in list(unet.named_parameters()):
-                if parameter.is_inference():
+                if parameter.is_inference() or parameter.requires_grad:
                     self.originals[name] = parameter
                     comfy.utils.set_attr_param(unet, name, _ordinary_view(parameter))
 
@@ -201,7 +202,8 @@ class AutogradWeights:
 
 
 def _ordinary_view(tensor: torch.Tensor) -> torch.Tensor:
-    """A tensor on `tensor`'s memory that is not an inference tensor (call outside inference mode)."""
+    """A tensor on `tensor`'s memory, outside autograd's history and not an inference tensor (call outside
+    inference mode)."""
     view = torch.empty(0, dtype=tensor.dtype, device=tensor.device)
     return view.set_(tensor.untyped_storage(), tensor.storage_offset(), tensor.size(), tensor.stride())
 

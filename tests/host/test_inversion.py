@@ -118,8 +118,8 @@ def test_an_interrupted_inversion_leaves_the_model_unpatched(p2p):
 
 def test_null_text_runs_on_weights_loaded_in_inference_mode_and_leaves_them_as_they_were(p2p):
     """ComfyUI loads checkpoints inside inference mode, whose tensors autograd cannot save: the inversion
-    must still optimise (with the same result as on ordinary weights) and hand back the very same
-    parameters, without copying them."""
+    must still optimise (with the same result as on ordinary weights, which get no gradients) and hand
+    back the very same parameters, without copying them."""
     with torch.inference_mode():
         loaded = tiny.make_model("sd1", seed=3)
     unet = loaded.model.diffusion_model
@@ -134,6 +134,7 @@ def test_null_text_runs_on_weights_loaded_in_inference_mode_and_leaves_them_as_t
     assert torch.equal(latent["samples"], reference_latent["samples"])
     after = dict(unet.named_parameters())
     assert after.keys() == before.keys() and all(after[name] is before[name] for name in before)
+    assert all(p.requires_grad and p.grad is None for p in ordinary.model.diffusion_model.parameters())
 
 
 # --- through the executor -------------------------------------------------------------------------------
