@@ -9,6 +9,7 @@ local-blend masks the sampler actually used, and the principal components of the
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
+from ..p2p_core.attention import check_self_map_pixels
 from ..p2p_core.edits import EditPlan
 from ..p2p_core.errors import PromptToPromptError
 from ..p2p_core.render import colorize, overlay
@@ -102,7 +104,8 @@ class AttentionStore:
                     "default": False,
                     "tooltip": "Also record self-attention maps at this level, for Show Attention's self-attention "
                                "components. Costs one explicit pixels x pixels map per head and row at this level "
-                               "only (16x16 layers at 512x512 with 1/4), nothing elsewhere."}),
+                               "only (16x16 layers at 512x512 with 1/4), nothing elsewhere; layers over 64x64 "
+                               "pixels are refused."}),
             },
             "optional": {
                 "latent": ("LATENT", {"tooltip": "Optional starting latent of one image. Default: an empty latent."}),
@@ -118,6 +121,9 @@ class AttentionStore:
         blend = state.recorder.blend if state.recorder is not None else None
         state = replace(state, recorder=Recorder(store=store, blend=blend, self_store=self_store))
         patched, positive, out_latent = finish(model, state, width, height, latent)
+        if self_attention:  # refused here, before sampling; the sampler checks again for another latent
+            latent_h, latent_w = out_latent["samples"].shape[-2:]
+            check_self_map_pixels(math.ceil(latent_h / level_number) * math.ceil(latent_w / level_number))
         return patched, positive, out_latent, AttentionRecord(state.recorder, state.plan, word_tokenizer(clip))
 
 

@@ -125,6 +125,15 @@ def cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: in
 MAX_SELF_MAP_PIXELS = 64 * 64
 
 
+def check_self_map_pixels(pixels: int) -> None:
+    """Refuse to record self-attention of a layer whose maps would not fit (see MAX_SELF_MAP_PIXELS)."""
+    if pixels > MAX_SELF_MAP_PIXELS:
+        raise PromptToPromptError(
+            f"Recording self-attention here needs {pixels} x {pixels} maps ({pixels * pixels * 4 / 2**20:.0f} MiB "
+            f"each); at most {MAX_SELF_MAP_PIXELS} pixels per layer can be recorded. Choose a coarser level on "
+            "Attention Store (1/4 or 1/8), or turn its self_attention option off.")
+
+
 def record_self_attention(q: torch.Tensor, k: torch.Tensor, heads: int, rows: Sequence[int],
                           recorder: Callable[[int, torch.Tensor], None]) -> None:
     """Pass `recorder(row, map)` each row's self-attention maps, one head at a time ([1, N, N], fp32).
@@ -132,12 +141,7 @@ def record_self_attention(q: torch.Tensor, k: torch.Tensor, heads: int, rows: Se
     The sampling path never builds these N x N maps (see shared_self_attention); only a recorded level
     does, and head by head, so a single map is alive at a time.
     """
-    pixels = q.shape[1]
-    if pixels > MAX_SELF_MAP_PIXELS:
-        raise PromptToPromptError(
-            f"Recording self-attention here needs {pixels} x {pixels} maps ({pixels * pixels * 4 / 2**20:.0f} MiB "
-            f"each); at most {MAX_SELF_MAP_PIXELS} pixels per layer can be recorded. Choose a coarser level on "
-            "Attention Store (1/4 or 1/8), or turn its self_attention option off.")
+    check_self_map_pixels(q.shape[1])
     dim = q.shape[-1] // heads
     for row in rows:
         for head in range(heads):

@@ -122,11 +122,19 @@ def test_show_attention_draws_the_self_attention_components(p2p):
     assert not torch.equal(components[0], components[1])
 
 
-def test_self_attention_of_a_too_large_layer_is_refused_before_it_is_built(p2p, error):
+def test_self_attention_of_a_too_large_layer_is_refused_before_sampling(p2p, error):
     model, clip, _ = executor.tiny_bundle("sd1")
-    patched, positive, latent, _ = store(p2p, model, clip, width=520, height=520, self_attention=True, level="1/1")
     with pytest.raises(error, match="4225 x 4225 maps.*coarser level"):
-        sample(patched, clip, positive, latent, steps=1)
+        store(p2p, model, clip, width=520, height=520, self_attention=True, level="1/1")
+    store(p2p, model, clip, width=512, height=512, self_attention=True, level="1/1")  # 64 x 64: the largest
+
+
+def test_a_larger_latent_at_the_sampler_is_refused_before_its_maps_are_built(p2p, error):
+    model, clip, _ = executor.tiny_bundle("sd1")
+    patched, positive, _, _ = store(p2p, model, clip, width=64, height=64, self_attention=True, level="1/1")
+    larger = nodes.EmptyLatentImage().generate(520, 520, 1)[0]
+    with pytest.raises(error, match="4225 x 4225 maps.*coarser level"):
+        sample(patched, clip, positive, larger, steps=1)
 
 
 def test_show_attention_before_sampling_says_what_to_do(p2p, error):
