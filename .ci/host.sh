@@ -33,7 +33,10 @@ case "$source_arg" in
   http*://*|git@*|*.git) kind=url; identity="git $source_arg@$ref" ;;
   *) [ -f "$source_arg/main.py" ] && [ -d "$source_arg/comfy" ] || fail "$source_arg is not a ComfyUI checkout"
      kind=checkout
-     identity="checkout $(cd "$source_arg" && pwd) $(git -C "$source_arg" rev-parse HEAD 2>/dev/null || echo unversioned)" ;;
+     identity="checkout $(cd "$source_arg" && pwd)"
+     if [ "$(git -C "$source_arg" rev-parse --show-toplevel 2>/dev/null)" = "$(cd "$source_arg" && pwd)" ]; then
+       identity="$identity at $(git -C "$source_arg" rev-parse HEAD)"
+     fi ;;
 esac
 stamp="$identity; torch $torch_version; script $(sha256sum "$here/host.sh" | cut -d' ' -f1)"
 
@@ -51,7 +54,7 @@ case "$kind" in
             [ -f "$dir/ComfyUI/main.py" ] || fail "$source_arg has no ComfyUI/main.py" ;;
   url)      git clone -q --depth 1 --branch "$ref" "$source_arg" "$dir/ComfyUI" ;;
   checkout) mkdir "$dir/ComfyUI"
-            if git -C "$source_arg" rev-parse -q --verify HEAD >/dev/null 2>&1; then
+            if [ "$(git -C "$source_arg" rev-parse --show-toplevel 2>/dev/null)" = "$(cd "$source_arg" && pwd)" ]; then
               git -C "$source_arg" archive HEAD | tar -x -C "$dir/ComfyUI"
             else
               cp -a "$source_arg/." "$dir/ComfyUI/"
@@ -59,16 +62,19 @@ case "$kind" in
 esac
 
 "$python" -m venv "$dir/venv"
-pip=("$dir/venv/bin/python" -m pip --disable-pip-version-check -q)
+pip_install() {  # quiet; this machine's pip configuration warns about absent local indexes on every call
+  "$dir/venv/bin/python" -m pip --disable-pip-version-check -q install "$@" 2>&1 | { grep -v "^WARNING: Location" || true; }
+  return "${PIPESTATUS[0]}"
+}
 echo "torch==$torch_version" > "$dir/constraints.txt"
-"${pip[@]}" install "torch==$torch_version"
+pip_install "torch==$torch_version"
 # torch comes pinned above; torchvision/torchaudio have no working CPU build here; spandrel declares torchvision.
 grep -v -E '^[[:space:]]*(torch|torchvision|torchaudio|spandrel)[[:space:]]*([<>=!~;#].*)?$' \
   "$dir/ComfyUI/requirements.txt" > "$dir/requirements.txt"
-"${pip[@]}" install -r "$dir/requirements.txt" -c "$dir/constraints.txt"
+pip_install -r "$dir/requirements.txt" -c "$dir/constraints.txt"
 # The server imports requests without listing it; spandrel goes in without its torchvision requirement.
-"${pip[@]}" install requests pytest playwright -c "$dir/constraints.txt"
-"${pip[@]}" install --no-deps "$(grep -E '^[[:space:]]*spandrel' "$dir/ComfyUI/requirements.txt" | head -1 | tr -d '[:space:]')"
+pip_install requests pytest playwright -c "$dir/constraints.txt"
+pip_install --no-deps "$(grep -E '^[[:space:]]*spandrel' "$dir/ComfyUI/requirements.txt" | head -1 | tr -d '[:space:]')"
 
 site=$("$dir/venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 if ! "$dir/venv/bin/python" -c "import torchvision" 2>/dev/null; then

@@ -6,13 +6,13 @@ from dataclasses import replace
 
 from ..p2p_core.blend import BlendSpec
 from ..p2p_core.errors import PromptToPromptError
-from ..p2p_core.schedule import Window
-from ..p2p_core.store import MapAccumulator, Recorder
+from ..p2p_core.store import BlendAccumulator, Recorder
 from ..p2p_core.tokens import PromptTokens, TokenizeFn
 from .edit_nodes import CATEGORY
-from .patch import KEY, EditPatch, EditState, check_level
+from .patch import KEY, EditPatch, EditState
 from .store_nodes import LEVELS, AttentionRecord, level_input
 from .text import word_tokenizer
+from .unet import check_level
 
 
 def split_words(text: str) -> list[str]:
@@ -110,10 +110,9 @@ class LocalBlendMask:
             subtract=subtract_columns(prompts, split_words(subtract_words), tokenize),
             threshold=threshold, subtract_threshold=threshold, start=start,
             level=check_level(model, LEVELS[level]))
-        store = state.recorder.store if state.recorder is not None else None
-        recorder = Recorder(store=store, blend=MapAccumulator(spec.level, Window()))
+        recorder = (state.recorder or Recorder()).extended(blend=BlendAccumulator(spec.level))
         state = replace(state, recorder=recorder, blend=spec)
-        return EditPatch(state).install(model), AttentionRecord(recorder, plan, tokenize)
+        return EditPatch.install(model, state), AttentionRecord(recorder, plan, tokenize)
 
 
 NODE_CLASS_MAPPINGS = {"LocalBlendMask": LocalBlendMask}

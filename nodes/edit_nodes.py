@@ -11,10 +11,19 @@ import torch
 
 from ..p2p_core.edits import EditPlan
 from ..p2p_core.errors import PromptToPromptError
-from ..p2p_core.plan import SELF_LAYER_SCALES, check_source, edit_row, require_words, reweight, reweight_row
+from ..p2p_core.plan import (
+    SELF_LAYER_CHOICES,
+    check_source,
+    edit_row,
+    require_words,
+    reweight_factors,
+    reweight_row,
+    self_layer_level,
+)
 from ..p2p_core.schedule import Window, parse_word_windows
-from .patch import INVERSION_KEY, KEY, EditPatch, EditState, transformer_levels
+from .patch import INVERSION_KEY, KEY, EditPatch, EditState
 from .text import batch_conditioning, encode_prompt, tokenize_prompt, word_tokenizer
+from .unet import transformer_levels
 
 CATEGORY = "prompt-to-prompt"
 MAX_RESOLUTION = 16384
@@ -52,10 +61,12 @@ def _inputs(prompts: dict, extra_required: dict | None = None) -> dict:
         "optional": {
             "latent": ("LATENT", {"tooltip": "Optional starting latent of one image (e.g. an inverted photo); "
                                              "it is repeated once per prompt. Default: an empty latent."}),
-            "self_attention_layers": (list(SELF_LAYER_SCALES), {
-                "default": "all",
-                "tooltip": "Layers that share self-attention: all resolutions (no memory cost here), or only "
-                           "those at most half / a quarter of the latent's side (the official code's limit)."}),
+            "self_attention_layers": (list(SELF_LAYER_CHOICES), {
+                "default": "auto",
+                "tooltip": "Layers that share the source's self-attention. auto (the official code's choice): "
+                           "layers a quarter of the latent's side and smaller for generated images (16x16 at "
+                           "512x512), half and smaller for an inverted photo (32x32). all: every layer (locks fine "
+                           "structure; shape changes get weaker), half, quarter: those layers and smaller."}),
         },
     }
 
@@ -70,6 +81,11 @@ WORD_WINDOWS = ("STRING", {
     "multiline": False, "default": "",
     "tooltip": "Optional per-word cross-attention windows for words of the target prompt, e.g. "
                "'dog: 0.4, tail: 0.2-0.6' (an end fraction, or start-end)."})
+
+
+def inverted(model) -> bool:
+    """Whether the model carries a real-image inversion (NullTextInvert before the edit nodes)."""
+    return model.get_attachment(INVERSION_KEY) is not None
 
 
 def start_or_continue(model, clip, source_prompt: str) -> EditState:
@@ -93,7 +109,7 @@ def start_or_continue(model, clip, source_prompt: str) -> EditState:
 
 def finish(model, state: EditState, width: int, height: int, latent: dict | None) -> tuple:
     """Install the state on a clone and build the batched conditioning and latent."""
-    patched = EditPatch(state).install(model)
+    patched = EditPatch.install(model, state)
     rows = state.plan.num_rows
     return patched, batch_conditioning(list(state.encodings)), edit_latent(model, latent, rows, width, height)
 
@@ -131,12 +147,12 @@ class _EditNode:
 
     def apply(self, model, clip, source_prompt: str, target_prompt: str, cross_replace_steps: float,
               self_replace_steps: float, width: int, height: int, latent: dict | None = None,
-              word_windows: str = "", self_attention_layers: str = "all") -> tuple:
+              word_windows: str = "", self_attention_layers: str = "auto") -> tuple:
         state = start_or_continue(model, clip, source_prompt)
         target = tokenize_prompt(clip, target_prompt)
         row = edit_row(self.KIND, state.plan.source, target, Window(0.0, cross_replace_steps),
                        Window(0.0, self_replace_steps), parse_word_windows(word_windows), word_tokenizer(clip),
-                       self_attention_layers)
+                       self_layer_level(self_attention_layers, inverted(model)))
         state = state.with_row(state.plan.add_row(row), encode_prompt(clip, target_prompt))
         return finish(model, state, width, height, latent)
 
@@ -191,23 +207,28 @@ class Reweight:
                                             "weakens, below 0 pushes the word away (the paper uses -2..2)."}),
              "apply_to": (["last edit", "new row"], {
                  "default": "last edit",
-                 "tooltip": "'last edit': reweight the edit before this node (a new row if there is none). "
-                            "'new row': add a row that repeats the source prompt, reweighted."})})
+                 "tooltip": "'last edit': reweight the edit before this node (a new row if there is none); as the "
+                            "official chained controller, this node's cross/self steps and layers then govern that "
+                            "row. 'new row': add a row that repeats the source prompt, reweighted."})})
 
     def apply(self, model, clip, source_prompt: str, words: str, scale: float, apply_to: str,
               cross_replace_steps: float, self_replace_steps: float, width: int, height: int,
-              latent: dict | None = None, self_attention_layers: str = "all") -> tuple:
+              latent: dict | None = None, self_attention_layers: str = "auto") -> tuple:
         state = start_or_continue(model, clip, source_prompt)
-        plan, window = state.plan, Window(0.0, cross_replace_steps)
+        plan = state.plan
+        cross, self_window = Window(0.0, cross_replace_steps), Window(0.0, self_replace_steps)
+        self_level = self_layer_level(self_attention_layers, inverted(model))
         names = [w.strip() for w in words.split(",") if w.strip()]
         tokenize = word_tokenizer(clip)
         if apply_to == "last edit" and plan.rows:
             last = plan.rows[-1]
-            plan = plan.replace_last_row(last.with_reweight(reweight(last.prompt, names, scale, window, tokenize)))
+            factors = reweight_factors(last.prompt, names, scale, tokenize)
+            plan = plan.replace_last_row(last.with_reweight(factors, cross, self_window, self_level))
             state = state.with_row(plan, None)
         else:
-            row = reweight_row(plan.source, window, Window(0.0, self_replace_steps), self_attention_layers)
-            row = row.with_reweight(reweight(row.prompt, names, scale, window, tokenize))
+            row = reweight_row(plan.source, cross, self_window, self_level)
+            row = row.with_reweight(reweight_factors(row.prompt, names, scale, tokenize), cross, self_window,
+                                    self_level)
             state = state.with_row(plan.add_row(row), state.encodings[0])
         return finish(model, state, width, height, latent)
 

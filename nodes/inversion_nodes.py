@@ -28,8 +28,10 @@ from ..p2p_core.inversion import NullTextSettings, ddim_invert, direct_targets, 
 from .edit_nodes import CATEGORY
 from .patch import INVERSION_KEY as KEY
 from .patch import KEY as EDIT_KEY
-from .patch import attach, sampler_name, sampler_step, transformer_levels
+from .patch import attach
+from .sampler_run import sampler_name, sampler_step
 from .text import encode_prompt
+from .unet import transformer_levels
 
 MODES = ("null-text", "negative-prompt", "direct")
 INVERTIBLE_SAMPLERS = {"euler"}  # ComfyUI's ddim sampler is euler too
@@ -98,7 +100,7 @@ class InversionPatch:
     def apply_model(self, executor, x, t, c_concat=None, c_crossattn=None, control=None,
                     transformer_options={}, **kwargs):
         inv = self.inversion
-        step, _ = sampler_step(float(t[0]), transformer_options)
+        step = sampler_step(float(t[0]), transformer_options)
         chunks = transformer_options["cond_or_uncond"]
         rows = x.shape[0] // len(chunks)
         negatives = [slice(c * rows, (c + 1) * rows) for c, kind in enumerate(chunks) if kind == 1]

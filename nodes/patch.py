@@ -1,34 +1,38 @@
 """Install an edit plan on a clone of a ComfyUI ModelPatcher.
 
-Everything lives on the clone: attn1/attn2 replace patches for every transformer block of the UNet
-(enumerated from the model), an APPLY_MODEL wrapper that works out the step once per model call, a
-PREDICT_NOISE wrapper for local blend, and an OUTER_SAMPLE wrapper that rejects runs which would silently
-break lockstep and resets what the model records. The input MODEL is never touched, and no edit state
-outlives a model call, so a graph run after an edit, or after an interrupted one, samples exactly as before.
+Attention is edited through ComfyUI's `optimized_attention_override`, which wraps every attention call of the
+model, including those made by other nodes' attention patches (IPAdapter-style replace patches call the same
+attention function): such patches keep working and are edited with it instead of being overwritten. Two
+stackable attn1/attn2 patches tell the override which layer and kind of attention comes next, and notice a layer
+whose attention another node computed itself, where the edit could not act: that stops the run with a message
+naming the layer. Around the model: an OUTER_SAMPLE wrapper places the run in its whole trajectory and checks
+the wiring, a PREDICT_NOISE wrapper finds each evaluation's step (and applies local blend), and an APPLY_MODEL
+wrapper hands every attention call of the evaluation its edits. The input MODEL is never touched, and no edit
+state outlives a sampler run, so a graph run after an edit, or after an interrupted one, samples exactly as before.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-import comfy.ldm.modules.attention as comfy_attention
 import comfy.patcher_extension
 import torch
-from comfy.ldm.modules.attention import SpatialTransformer
-from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, UNetModel, Upsample
 
 from ..p2p_core.attention import cross_attention, edited_row_pairs, record_self_attention, shared_self_attention
 from ..p2p_core.blend import BlendSpec, blend_masks, blend_rows
 from ..p2p_core.edits import EditPlan, StepEdit
 from ..p2p_core.errors import PromptToPromptError
-from ..p2p_core.schedule import step_index
-from ..p2p_core.store import MapAccumulator, Recorder, layer_level
+from ..p2p_core.store import MapAccumulator, Recorder
+from ..p2p_core.trajectory import StepClock, Trajectory
+from .sampler_run import CORRECTOR_SAMPLERS, check_sampler, sampler_name, whole_trajectory
+from .text import batch_conditioning
+from .unet import LayerKey, transformer_levels
 
 KEY = "prompt_to_prompt"
 INVERSION_KEY = "prompt_to_prompt_inversion"
-
-STOCHASTIC_SAMPLERS = {"ddpm", "lcm", "seeds_2", "seeds_3", "sa_solver", "sa_solver_pece"}
-DETERMINISTIC_ADVICE = "euler, ddim, heun, dpm_2, lms, dpmpp_2m, ipndm, deis, uni_pc or res_multistep"
+RUN_KEY = "prompt_to_prompt_run"
+STEP_KEY = "prompt_to_prompt_step"
+OVERRIDE = "optimized_attention_override"
 
 
 @dataclass(frozen=True)
@@ -51,10 +55,22 @@ class EditState:
         return replace(self, plan=plan, encodings=encodings)
 
 
+@dataclass
+class LayerCursor:
+    """The attention call a transformer block makes next, set by our attn1/attn2 patches (ComfyUI runs them just
+    before each attention), and whether the override served it."""
+
+    kind: str = ""
+    key: LayerKey | None = None
+    level: int = 0
+    busy: bool = False
+    served: bool = True
+
+
 @dataclass(frozen=True)
 class CallState:
     """One model call's step and work: per edited row its cross edit (on the call's device) and self
-    sharing, and the accumulators recording cross- and self-attention at this step."""
+    sharing, the accumulators recording cross- and self-attention at this step, and the text context length."""
 
     step: int
     steps: int
@@ -62,89 +78,78 @@ class CallState:
     shares_self: tuple[bool, ...]
     recording: tuple[MapAccumulator, ...]
     recording_self: tuple[MapAccumulator, ...]
-
-
-def _unet(model) -> UNetModel:
-    unet = model.get_model_object("diffusion_model")
-    if not isinstance(unet, UNetModel):
-        family = type(getattr(model.model, "model_config", unet)).__name__
-        raise PromptToPromptError(
-            f"Prompt-to-Prompt edits UNet models with cross-attention (SD1.x, SD2.x, SDXL); this model is "
-            f"{family}, whose text and image attention are joined. Load an SD1.x, SD2.x or SDXL checkpoint.")
-    return unet
-
-
-def transformer_levels(model) -> dict[tuple[str, int, int], int]:
-    """Every transformer block, keyed as ComfyUI's replace patches key them (block name, block id, depth
-    index), with its level: how many times smaller than the latent its feature map is."""
-    unet = _unet(model)
-    levels: dict[tuple[str, int, int], int] = {}
-    level = 1
-
-    def visit(name: str, number: int, block) -> None:
-        nonlocal level
-        for layer in block:
-            if isinstance(layer, SpatialTransformer):
-                levels.update({(name, number, depth): level for depth in range(len(layer.transformer_blocks))})
-            elif isinstance(layer, Downsample):
-                level *= 2
-            elif isinstance(layer, Upsample):
-                level //= 2
-
-    for i, block in enumerate(unet.input_blocks):
-        visit("input", i, block)
-    visit("middle", 0, unet.middle_block)
-    for i, block in enumerate(unet.output_blocks):
-        visit("output", i, block)
-    if not levels:
-        raise PromptToPromptError(f"This {type(unet).__name__} has no cross-attention layers to edit.")
-    return levels
-
-
-def check_level(model, level: int) -> int:
-    """`level` if the model has cross-attention at that level, else a clear error listing the ones it has."""
-    available = sorted(set(transformer_levels(model).values()))
-    if level not in available:
-        names = ", ".join(f"1/{lv}" for lv in available)
-        raise PromptToPromptError(
-            f"This model has no cross-attention at 1/{level} of the latent's side; its levels are {names}.")
-    return level
+    context_tokens: int
+    cursor: LayerCursor = field(default_factory=LayerCursor)
 
 
 class EditPatch:
-    """The attention patches and wrappers of one state. Immutable apart from the recorder it fills, so clones
-    of the model may share it."""
+    """The attention override, patches and wrappers of one state. Immutable apart from the recorder it fills,
+    so clones of the model may share it."""
 
-    def __init__(self, state: EditState) -> None:
+    def __init__(self, state: EditState, levels: dict[LayerKey, int]) -> None:
         self.state = state
         self.plan = state.plan
+        self.levels = levels
+        self.positive = batch_conditioning(list(state.encodings))[0][0] if state.encodings else None
+        self.stopped: list[Trajectory] = []
+        """Trajectories of runs that stopped partway (with leftover noise), which a later run may continue."""
+
+    @classmethod
+    def install(cls, model, state: EditState):
+        """A clone of `model` with this state's attention control (replacing an earlier node's of the pack)."""
+        patch = cls(state, transformer_levels(model))
+        clone = model.clone()
+        options = clone.model_options["transformer_options"]
+        foreign = options.get(OVERRIDE)
+        if foreign is not None and not isinstance(getattr(foreign, "__self__", None), EditPatch):
+            raise PromptToPromptError(
+                f"Another node already intercepts this model's attention ({_name(foreign)}), and "
+                "Prompt-to-Prompt edits attention through the same hook: the two cannot be combined. Remove that "
+                "node, or apply it to a model that is not sampled with Prompt-to-Prompt.")
+        patches = options.get("patches", {})
+        for name in ("attn1_patch", "attn2_patch"):
+            if name in patches:
+                patches[name] = [p for p in patches[name] if not isinstance(getattr(p, "__self__", None), EditPatch)]
+        clone.set_model_attn1_patch(patch.before_self_attention)
+        clone.set_model_attn2_patch(patch.before_cross_attention)
+        options[OVERRIDE] = patch.attention
+        wrappers = comfy.patcher_extension.WrappersMP
+        return attach(clone, KEY, state, {wrappers.APPLY_MODEL: patch.apply_model,
+                                           wrappers.PREDICT_NOISE: patch.predict_noise,
+                                           wrappers.OUTER_SAMPLE: patch.outer_sample})
 
     def __deepcopy__(self, memo: dict) -> EditPatch:
         # ModelPatcher.clone() deep-copies model_options; the plan never changes, so share it.
         return self
 
-    def install(self, model):
-        """A clone of `model` with this state's patches (replacing those of an earlier node of the pack)."""
-        clone = model.clone()
-        for name, number, depth in transformer_levels(clone):
-            clone.set_model_attn1_replace(self.self_attention, name, number, depth)
-            clone.set_model_attn2_replace(self.cross_attention, name, number, depth)
-        wrappers = comfy.patcher_extension.WrappersMP
-        return attach(clone, KEY, self.state, {wrappers.APPLY_MODEL: self.apply_model,
-                                                wrappers.PREDICT_NOISE: self.predict_noise,
-                                                wrappers.OUTER_SAMPLE: self.outer_sample})
-
     # --- sampling-run wrappers -------------------------------------------------------------------------
 
-    def outer_sample(self, executor, noise, latent_image, sampler, sigmas, *args, **kwargs):
-        """Refuse runs that cannot stay in lockstep, start recording afresh, and blend the final rows."""
+    def outer_sample(self, executor, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None,
+                     disable_pbar=False, seed=None):
+        """Check the wiring, place the run in its whole trajectory, and record and blend across it."""
+        guider = executor.class_obj
         if self.plan.rows:
             self.check_lockstep(noise, sampler)
-        recorder = self.state.recorder
-        if recorder is not None:
-            recorder.reset()
-        out = executor(noise, latent_image, sampler, sigmas, *args, **kwargs)
-        if recorder is not None and recorder.last_masks is not None:
+        self.check_positive(guider.conds.get("positive", []))
+        model_sampling = guider.model_patcher.get_model_object("model_sampling")
+        continuation = not bool(noise.any())
+        trajectory = whole_trajectory(model_sampling, sampler, sigmas, tuple(self.stopped) if continuation else ())
+        clock = StepClock(trajectory, sigmas.tolist(), sampler_name(sampler) in CORRECTOR_SAMPLERS)
+        self.start_recording(trajectory, continuation)
+        guider.model_options["transformer_options"][RUN_KEY] = clock
+
+        def sampled(step, denoised, x, total_steps):
+            clock.sampled(step)
+            if callback is not None:
+                callback(step, denoised, x, total_steps)
+
+        out = executor(noise, latent_image, sampler, sigmas, denoise_mask, sampled, disable_pbar, seed)
+        recorder, run_steps = self.state.recorder, len(sigmas) - 1
+        if not trajectory.ends_with(run_steps):
+            self.stopped = [trajectory] + [t for t in self.stopped if t != trajectory][:7]
+            if recorder is not None:
+                recorder.checkpoint(trajectory.offset + run_steps, trajectory.steps)
+        elif recorder is not None and recorder.last_masks is not None:
             out = blend_rows(out, recorder.last_masks)
         return out
 
@@ -161,46 +166,162 @@ class EditPatch:
                 "source's composition. Connect the edit node's LATENT output to the sampler (its rows share "
                 "one seed), or use LatentBatchSeedBehavior with 'fixed'.")
 
+    def check_positive(self, positive: list[dict]) -> None:
+        """The sampler's positive must be the one the node made: its rows are the plan's prompts."""
+        if self.positive is None:
+            return
+        texts = [self.plan.source.text] + [row.prompt.text for row in self.plan.rows]
+        actual = [entry.get("cross_attn") for entry in positive]
+        if len(actual) != 1 or not _same_rows(actual[0], self.positive):
+            raise PromptToPromptError(
+                f"The sampler's positive conditioning is not the one this Prompt-to-Prompt node made, whose rows "
+                f"are its prompts ({'; '.join(repr(t) for t in texts)}). Connect the node's positive output to "
+                "the sampler's positive input (another CLIP Text Encode there would make the edited row repeat the "
+                "source).")
+
+    def start_recording(self, trajectory: Trajectory, continuation: bool) -> None:
+        """A run that starts a trajectory (or starts partway with fresh noise, denoise < 1) records afresh; one
+        that continues a split schedule (no added noise) resumes from where the previous part stopped."""
+        recorder = self.state.recorder
+        if recorder is None:
+            return
+        if trajectory.offset == 0 or not continuation:
+            recorder.reset()
+        elif not recorder.resume(trajectory.offset, trajectory.steps):
+            raise PromptToPromptError(
+                f"This sampler continues a schedule at step {trajectory.offset} of {trajectory.steps}, but its "
+                f"attention maps of steps 0-{trajectory.offset - 1}, which the local blend and the attention store "
+                "need, were not recorded. Sample the first steps with the same Prompt-to-Prompt model in the same "
+                "graph (or the whole schedule in one sampler).")
+
     def predict_noise(self, executor, x, timestep, model_options={}, seed=None):
-        """Local blend, as ComfyUI's inpainting does it: the model sees the edited rows equal to the source
-        outside their masks, and their predictions are taken from the source there."""
+        """Find this evaluation's step of the whole trajectory, and apply local blend as ComfyUI's inpainting
+        does: the model sees the edited rows equal to the source outside their masks, and their predictions
+        are taken from the source there."""
+        options = model_options.get("transformer_options", {})
+        clock: StepClock | None = options.get(RUN_KEY)
+        if clock is None:
+            raise PromptToPromptError("Prompt-to-Prompt models must be run by a ComfyUI sampler node.")
+        step, steps = clock.step_at(float(timestep[0])), clock.steps
+        model_options = {**model_options, "transformer_options": {**options, STEP_KEY: (step, steps)}}
         blend, recorder = self.state.blend, self.state.recorder
-        if blend is None:
-            return executor(x, timestep, model_options, seed)
-        step, steps = sampler_step(float(timestep[0]), model_options.get("transformer_options", {}))
-        if not blend.active(step, steps):
+        if blend is None or not blend.active(step, steps):
             return executor(x, timestep, model_options, seed)
         if recorder.last_masks is not None:
             x = blend_rows(x, recorder.last_masks)
         denoised = executor(x, timestep, model_options, seed)
+        if not recorder.blend.rows():
+            raise PromptToPromptError(
+                f"Local blend recorded no attention maps at level 1/{blend.level} by step {step}: the sampled "
+                "latent has no layer at that level. Choose another level on LocalBlendMask.")
         maps = [recorder.blend.mean(row) for row in range(self.plan.num_rows)]
-        recorder.last_masks = blend_masks(blend, maps, tuple(x.shape[-2:]))
-        return blend_rows(denoised, recorder.last_masks)
+        recorder.blend.masks = blend_masks(blend, maps, tuple(x.shape[-2:]))
+        return blend_rows(denoised, recorder.blend.masks)
 
     # --- per model call ----------------------------------------------------------------------------------
 
     def apply_model(self, executor, x, t, c_concat=None, c_crossattn=None, control=None,
                     transformer_options={}, **kwargs):
-        """Work out this call's step and edits once, for every attention layer of the call to read."""
-        step, steps = sampler_step(float(t[0]), transformer_options)
+        """Work out this call's edits once, for every attention layer of the call to read."""
+        if transformer_options.get(OVERRIDE) != self.attention:
+            raise PromptToPromptError(
+                f"Another node replaced Prompt-to-Prompt's attention hook on this model "
+                f"({_name(transformer_options.get(OVERRIDE))}); the two cannot be combined. Remove that node, or "
+                "apply it to a model that is not sampled with Prompt-to-Prompt.")
+        if STEP_KEY not in transformer_options:
+            raise PromptToPromptError("Prompt-to-Prompt models must be run by a ComfyUI sampler node.")
+        step, steps = transformer_options[STEP_KEY]
         rows = self.plan.rows
         cross = tuple(None if (e := row.cross_edit(step, steps)) is None else e.to(x.device) for row in rows)
         recorder = self.state.recorder
         state = CallState(step, steps, cross, tuple(row.shares_self_attention(step, steps) for row in rows),
                           recorder.recording(step, steps) if recorder is not None else (),
-                          recorder.recording_self(step, steps) if recorder is not None else ())
-        transformer_options = {**transformer_options, KEY: state}
-        return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+                          recorder.recording_self(step, steps) if recorder is not None else (),
+                          c_crossattn.shape[1] if c_crossattn is not None else 0)
+        out = executor(x, t, c_concat, c_crossattn, control, {**transformer_options, KEY: state}, **kwargs)
+        self.check_served(state.cursor)
+        return out
 
-    def row_pairs(self, extra_options: dict, batch: int) -> list[tuple[int, int, int]]:
+    def before_self_attention(self, n, context, value, extra_options):
+        self.next_layer(extra_options, "self")
+        return n, context, value
+
+    def before_cross_attention(self, n, context, value, extra_options):
+        self.next_layer(extra_options, "cross")
+        return n, context, value
+
+    def next_layer(self, extra_options: dict, kind: str) -> None:
+        """Point the cursor at the attention call this block makes next (after checking the last was served)."""
+        state: CallState | None = extra_options.get(KEY)
+        if state is None:
+            return
+        self.check_served(state.cursor)
+        block = extra_options["block"]
+        key = (block[0], block[1], extra_options.get("block_index", 0))
+        level = self.levels.get(key, 0)
+        if kind == "self":
+            busy = any(shares and row.shares_self_attention_at(level)
+                       for shares, row in zip(state.shares_self, self.plan.rows))
+            busy = busy or any(a.level == level for a in state.recording_self)
+        else:
+            busy = any(e is not None for e in state.cross) or any(a.level == level for a in state.recording)
+        state.cursor.kind, state.cursor.key, state.cursor.level = kind, key, level
+        state.cursor.busy, state.cursor.served = busy, False
+
+    def check_served(self, cursor: LayerCursor) -> None:
+        if cursor.busy and not cursor.served:
+            kind = "self-attention (attn1)" if cursor.kind == "self" else "cross-attention (attn2)"
+            raise PromptToPromptError(
+                f"Another node replaced the {kind} of layer {cursor.key} with its own computation, which does not "
+                "go through ComfyUI's attention function, so the Prompt-to-Prompt edit cannot act there (nodes "
+                "such as Self-Attention Guidance do this). Remove that node from this model, or apply it to a "
+                "model that is not sampled with Prompt-to-Prompt.")
+
+    # --- the attention override ----------------------------------------------------------------------------
+
+    def attention(self, func, q, k, v, heads, *args, **kwargs):
+        """ComfyUI's attention call, edited where this layer has Prompt-to-Prompt work."""
+        options = kwargs.get("transformer_options") or {}
+        state: CallState | None = options.get(KEY)
+        cursor = state.cursor if state is not None else None
+        plain = (cursor is None or cursor.served or args or kwargs.get("mask") is not None
+                 or kwargs.get("skip_reshape") or kwargs.get("skip_output_reshape")
+                 or k.shape[1] != (q.shape[1] if cursor.kind == "self" else state.context_tokens))
+        if plain:
+            return func(q, k, v, heads, *args, **kwargs)
+        cursor.served = True
+
+        def fused(q, k, v, heads):
+            return func(q, k, v, heads, **kwargs)
+
+        if cursor.kind == "self":
+            return self.self_attention(q, k, v, heads, state, options, fused)
+        return self.cross_attention(q, k, v, heads, state, options, fused)
+
+    def cross_attention(self, q, k, v, heads, state: CallState, options: dict, fused):
+        edits = [(source, row, state.cross[i], self.plan.rows[i].prompt.length)
+                 for source, row, i in self.row_pairs(options, q.shape[0]) if state.cross[i] is not None]
+        record, recorder = self.recorder_at(state.recording, state.cursor.level, options, q.shape[0])
+        return cross_attention(q, k, v, heads, edits, self.plan.source.length, fused, record=record,
+                               recorder=recorder)
+
+    def self_attention(self, q, k, v, heads, state: CallState, options: dict, fused):
+        record, recorder = self.recorder_at(state.recording_self, state.cursor.level, options, q.shape[0])
+        if recorder is not None:
+            record_self_attention(q, k, heads, [row for row, _ in record], recorder)
+        pairs = [(source, row) for source, row, i in self.row_pairs(options, q.shape[0])
+                 if state.shares_self[i] and self.plan.rows[i].shares_self_attention_at(state.cursor.level)]
+        return shared_self_attention(q, k, v, heads, pairs, fused)
+
+    def row_pairs(self, options: dict, batch: int) -> list[tuple[int, int, int]]:
         if not self.plan.rows:
             return []
-        return edited_row_pairs(extra_options["cond_or_uncond"], batch, self.plan.num_rows)
+        return edited_row_pairs(options["cond_or_uncond"], batch, self.plan.num_rows)
 
-    def recorded_rows(self, extra_options: dict, batch: int) -> list[tuple[int, int]]:
+    def recorded_rows(self, options: dict, batch: int) -> list[tuple[int, int]]:
         """(batch row, prompt length) of the first positive chunk's rows; with no edit every latent row
         holds the source prompt (a plain batch)."""
-        chunks = extra_options["cond_or_uncond"]
+        chunks = options["cond_or_uncond"]
         if 0 not in chunks:
             return []
         per_chunk = batch // len(chunks)
@@ -210,43 +331,37 @@ class EditPatch:
             lengths = lengths * per_chunk
         return [(start + i, length) for i, length in enumerate(lengths)]
 
-    def recorder_at(self, accumulators: tuple[MapAccumulator, ...], extra_options: dict, batch: int):
+    def recorder_at(self, accumulators: tuple[MapAccumulator, ...], level: int, options: dict, batch: int):
         """(rows to record with their prompt lengths, the callback adding a row's maps) for this layer's
         level, or ([], None) when nothing records it."""
-        layer_shape = tuple(extra_options["activations_shape"][-2:])
-        level = layer_level(extra_options["original_shape"][-2], layer_shape[0])
         recording = [a for a in accumulators if a.level == level]
-        record = self.recorded_rows(extra_options, batch) if recording else []
+        record = self.recorded_rows(options, batch) if recording else []
         if not record:
             return [], None
         offset = record[0][0]
+        layer_shape = tuple(options["activations_shape"][-2:])
 
         def recorder(row: int, maps: torch.Tensor) -> None:
             for accumulator in recording:
                 accumulator.add(row - offset, maps, layer_shape)
         return record, recorder
 
-    def cross_attention(self, q, k, v, extra_options):
-        state: CallState = extra_options[KEY]
-        edits = [(source, row, state.cross[i], self.plan.rows[i].prompt.length)
-                 for source, row, i in self.row_pairs(extra_options, q.shape[0]) if state.cross[i] is not None]
-        record, recorder = self.recorder_at(state.recording, extra_options, q.shape[0])
-        return cross_attention(q, k, v, extra_options["n_heads"], edits, self.plan.source.length,
-                               comfy_attention.optimized_attention, record=record, recorder=recorder,
-                               attn_precision=extra_options["attn_precision"], transformer_options=extra_options)
 
-    def self_attention(self, q, k, v, extra_options):
-        state: CallState = extra_options[KEY]
-        heads = extra_options["n_heads"]
-        record, recorder = self.recorder_at(state.recording_self, extra_options, q.shape[0])
-        if recorder is not None:
-            record_self_attention(q, k, heads, [row for row, _ in record], recorder)
-        layer_side = extra_options["activations_shape"][-2]
-        latent_side = extra_options["original_shape"][-2]
-        pairs = [(source, row) for source, row, i in self.row_pairs(extra_options, q.shape[0])
-                 if state.shares_self[i] and self.plan.rows[i].shares_self_attention_at(layer_side, latent_side)]
-        return shared_self_attention(q, k, v, heads, pairs, comfy_attention.optimized_attention,
-                                     attn_precision=extra_options["attn_precision"], transformer_options=extra_options)
+def _same_rows(actual: torch.Tensor | None, expected: torch.Tensor) -> bool:
+    """Whether a conditioning tensor holds the expected rows (its text axis may be tiled, as ComfyUI does)."""
+    if actual is None or actual.shape[0] != expected.shape[0] or actual.shape[2] != expected.shape[2]:
+        return False
+    length = max(actual.shape[1], expected.shape[1])
+    if length % actual.shape[1] or length % expected.shape[1]:
+        return False
+    a = actual.detach().float().cpu().repeat(1, length // actual.shape[1], 1)
+    b = expected.detach().float().cpu().repeat(1, length // expected.shape[1], 1)
+    return torch.allclose(a, b, rtol=1e-3, atol=1e-4)
+
+
+def _name(function) -> str:
+    owner = getattr(function, "__self__", None)
+    return type(owner).__qualname__ if owner is not None else getattr(function, "__qualname__", repr(function))
 
 
 def attach(clone, key: str, state, wrappers: dict):
@@ -256,28 +371,3 @@ def attach(clone, key: str, state, wrappers: dict):
         clone.add_wrapper_with_key(kind, key, wrapper)
     clone.set_attachments(key, state)
     return clone
-
-
-def sampler_step(sigma: float, transformer_options: dict) -> tuple[int, int]:
-    """(step, steps) of a model call at `sigma` within the running sampler's schedule."""
-    schedule = transformer_options.get("sample_sigmas")
-    if schedule is None:
-        raise PromptToPromptError("Prompt-to-Prompt models must be run by a ComfyUI sampler node.")
-    schedule = schedule.tolist()
-    return step_index(sigma, schedule), max(len(schedule) - 1, 1)
-
-
-def sampler_name(sampler) -> str:
-    """The k-diffusion name of a ComfyUI sampler object ('euler' for both euler and ddim)."""
-    return getattr(getattr(sampler, "sampler_function", None), "__name__", "").removeprefix("sample_")
-
-
-def check_sampler(sampler) -> None:
-    """Ancestral and SDE samplers add fresh noise per row each step, so the rows drift apart."""
-    name = sampler_name(sampler)
-    eta = getattr(sampler, "extra_options", {}).get("eta")
-    stochastic = "ancestral" in name or "sde" in name or name in STOCHASTIC_SAMPLERS
-    if stochastic and eta != 0:
-        raise PromptToPromptError(
-            f"The '{name}' sampler adds new random noise at every step, different for each row, so the "
-            f"edited image would drift away from the source. Use a deterministic sampler: {DETERMINISTIC_ADVICE}.")

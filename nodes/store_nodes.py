@@ -25,8 +25,8 @@ from ..p2p_core.schedule import Window
 from ..p2p_core.store import MapAccumulator, Recorder, self_attention_components, token_heatmaps
 from ..p2p_core.tokens import WORD_END, PromptTokens, TokenizeFn
 from .edit_nodes import CATEGORY, MAX_RESOLUTION, finish, start_or_continue
-from .patch import check_level
 from .text import word_tokenizer
+from .unet import check_level
 
 LEVELS = {"1/4": 4, "1/2": 2, "1/8": 8, "1/1": 1}
 LEVEL_TOOLTIP = ("Which layers: those whose feature map is this fraction of the latent's side. 1/4 is the paper's "
@@ -118,8 +118,8 @@ class AttentionStore:
         level_number, window = check_level(model, LEVELS[level]), Window(start, end)
         store = MapAccumulator(level_number, window)
         self_store = MapAccumulator(level_number, window) if self_attention else None
-        blend = state.recorder.blend if state.recorder is not None else None
-        state = replace(state, recorder=Recorder(store=store, blend=blend, self_store=self_store))
+        recorder = (state.recorder or Recorder()).extended(store=store, self_store=self_store)
+        state = replace(state, recorder=recorder)
         patched, positive, out_latent = finish(model, state, width, height, latent)
         if self_attention:  # refused here, before sampling; the sampler checks again for another latent
             latent_h, latent_w = out_latent["samples"].shape[-2:]

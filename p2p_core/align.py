@@ -60,12 +60,21 @@ def swap_mapping(source: PromptTokens, target: PromptTokens) -> TokenMapping:
 
 
 def refine_mapping(source: PromptTokens, target: PromptTokens) -> TokenMapping:
-    """Refinement: globally align the two token streams; aligned tokens take the source's attention,
-    inserted tokens keep their own. Deleted source tokens are simply unused."""
-    pairs = global_alignment(source.ids, target.ids)
+    """Refinement, as the official code: globally align the start, word and end tokens of the two prompts;
+    aligned tokens take the source's attention, inserted tokens keep their own, deleted source tokens are unused.
+
+    Padding is not aligned: target padding column j takes source column j, as the official mapper does, where j
+    is padding in the source too. After a deletion the target's first padding columns would land on source words
+    there; they keep their own attention instead.
+    """
+    source_padding, target_padding = set(source.padding_positions()), set(target.padding_positions())
+    source_content = [p for p in range(source.length) if p not in source_padding]
+    target_content = [p for p in range(target.length) if p not in target_padding]
+    pairs = global_alignment(tuple(source.ids[p] for p in source_content), tuple(target.ids[p] for p in target_content))
     matrix = torch.zeros(source.length, target.length)
     mapped = torch.zeros(target.length, dtype=torch.bool)
-    for s, t in pairs:
+    for s, t in [(source_content[i], target_content[j]) for i, j in pairs] + \
+            [(p, p) for p in sorted(target_padding & source_padding)]:
         matrix[s, t] = 1.0
         mapped[t] = True
     return TokenMapping(matrix, mapped)

@@ -92,10 +92,13 @@ def cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: in
 
     Unedited rows (the source, the negatives, rows whose windows are closed) go through the fused kernel
     in one call; edited rows are built from the source row's maps of this same call. Each (row, prompt
-    length) of `record` has its own maps (before any edit, as the official store keeps them) passed to
-    `recorder(row, maps)`, folded onto its prompt's tokens.
+    length) of `record` has the maps the row attends with passed to `recorder(row, maps)`, folded onto its
+    prompt's tokens: its own maps, or for an edited row the edited ones, as the official store keeps them (it
+    stores the attention tensor that the edit then overwrites in place).
     """
-    needed = {row: length for row, length in record}
+    recorded = dict(record)
+    edited_rows = {row for _, row, _, _ in edits}
+    needed = {row: length for row, length in record if row not in edited_rows}
     for source, row, edit, length in edits:
         needed[source] = source_length
         if edit.needs_own_maps:
@@ -103,21 +106,21 @@ def cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: in
     if not needed:
         return attention(q, k, v, heads, **attention_kwargs)
     maps = {row: fold_tokens(probabilities(q[row], k[row], heads), length) for row, length in needed.items()}
+    edited = {row: edit_cross_maps(maps[source], maps.get(row) if edit.needs_own_maps else None, edit)
+              for source, row, edit, _ in edits}
     if recorder is not None:
-        for row, _ in record:
-            recorder(row, maps[row])
+        for row in recorded:
+            recorder(row, edited[row] if row in edited else maps[row])
     if not edits:
         return attention(q, k, v, heads, **attention_kwargs)
-    edited_rows = {row for _, row, _, _ in edits}
     keep = [r for r in range(q.shape[0]) if r not in edited_rows]
     out = q.new_empty(q.shape[0], q.shape[1], v.shape[2])
     if keep:
         index = torch.tensor(keep, device=q.device)
         out[index] = attention(q[index], k[index], v[index], heads, **attention_kwargs)
     total = k.shape[1]
-    for source, row, edit, _ in edits:
-        edited = edit_cross_maps(maps[source], maps.get(row) if edit.needs_own_maps else None, edit)
-        out[row] = apply_maps(unfold_tokens(edited, total), v[row], heads).to(out.dtype)
+    for row, row_maps in edited.items():
+        out[row] = apply_maps(unfold_tokens(row_maps, total), v[row], heads).to(out.dtype)
     return out
 
 

@@ -3,10 +3,12 @@
 An `EditPlan` holds the source prompt and one `RowEdit` per edited prompt. Batch row 0 is the source, row
 i + 1 is `rows[i]`. Everything here is immutable: nodes build a new plan when they chain.
 
-At step i an edited row's cross-attention maps are (paper, section 3.2):
-    injected columns:      source maps mapped to the row's tokens      (replace / refine)
-    other columns:         the row's own maps                          (inserted words, closed windows)
-    then, while a reweight window is open, columns scaled by the reweight factors.
+At step i an edited row's cross-attention maps are, per token column (paper, section 3.2; the official
+controller's alpha blend):
+    column's window open, mapped:      source maps mapped to the row's tokens, times the reweight factor
+    column's window open, not mapped:  the row's own maps (an inserted word), times the reweight factor
+    column's window closed:            the row's own maps, unscaled
+A column's window is the row's cross-attention window, or the per-word window of the word it belongs to.
 """
 
 from __future__ import annotations
@@ -26,14 +28,6 @@ class WordWindow:
     """A cross-attention window for some token columns of the edited prompt (a per-word schedule)."""
 
     positions: tuple[int, ...]
-    window: Window
-
-
-@dataclass(frozen=True)
-class Reweight:
-    """Scale factors per token column of the edited prompt (1 elsewhere), applied while `window` is open."""
-
-    scale: torch.Tensor
     window: Window
 
 
@@ -68,23 +62,28 @@ class RowEdit:
     cross_window: Window
     self_window: Window
     word_windows: tuple[WordWindow, ...] = ()
-    reweights: tuple[Reweight, ...] = ()
-    self_scale: float = 1.0
-    """Self-attention is shared only in layers whose side is at most this fraction of the latent side."""
+    scale: torch.Tensor | None = None
+    """Reweighting factors per token column (None: no reweighting)."""
+    self_level: int = 4
+    """Self-attention is shared only in layers at this level or coarser (1: every layer; 4: a quarter of the
+    latent's side and smaller, the official code's layers for generated images)."""
 
-    def with_reweight(self, reweight: Reweight) -> RowEdit:
-        return replace(self, reweights=self.reweights + (reweight,))
+    def with_reweight(self, factors: torch.Tensor, cross_window: Window, self_window: Window,
+                      self_level: int) -> RowEdit:
+        """This row reweighted, as the official code chains a reweighting controller on an edit: the outer
+        (reweighting) controller's windows govern the row, and its factors multiply any earlier ones."""
+        scale = factors if self.scale is None else self.scale * factors
+        return replace(self, scale=scale, cross_window=cross_window, self_window=self_window, self_level=self_level)
 
     def cross_edit(self, step: int, steps: int) -> StepEdit | None:
-        """The cross-attention edit at `step`, or None when the row runs on its own maps."""
-        open_columns = torch.full((self.prompt.length,), self.cross_window.contains(step, steps))
+        """The cross-attention edit at `step` of `steps`, or None when the row runs on its own maps."""
+        open_columns = torch.full((self.prompt.length,), self.cross_window.contains_cross(step, steps))
         for ww in self.word_windows:
-            open_columns[list(ww.positions)] = ww.window.contains(step, steps)
+            open_columns[list(ww.positions)] = ww.window.contains_cross(step, steps)
+        if not bool(open_columns.any()):
+            return None
         inject = open_columns & self.mapping.mapped
-        scale = None
-        for rw in self.reweights:
-            if rw.window.contains(step, steps):
-                scale = rw.scale if scale is None else scale * rw.scale
+        scale = None if self.scale is None else torch.where(open_columns, self.scale, torch.ones(()))
         if scale is None and not bool(inject.any()):
             return None
         return StepEdit(self.mapping, inject, scale, not bool(inject.all()))
@@ -92,8 +91,8 @@ class RowEdit:
     def shares_self_attention(self, step: int, steps: int) -> bool:
         return self.self_window.contains(step, steps)
 
-    def shares_self_attention_at(self, layer_side: int, latent_side: int) -> bool:
-        return layer_side <= self.self_scale * latent_side
+    def shares_self_attention_at(self, level: int) -> bool:
+        return level >= self.self_level
 
 
 @dataclass(frozen=True)

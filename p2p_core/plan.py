@@ -11,14 +11,18 @@ from typing import Sequence
 import torch
 
 from .align import identity_mapping, refine_mapping, swap_mapping
-from .edits import EditPlan, Reweight, RowEdit, WordWindow
+from .edits import EditPlan, RowEdit, WordWindow
 from .errors import PromptToPromptError
 from .schedule import Window
 from .tokens import PromptTokens, TokenizeFn
 
-SELF_LAYER_SCALES = {"all": 1.0, "half": 0.5, "quarter": 0.25}
-"""Self-attention is shared in layers whose side is at most this fraction of the latent's side:
-"quarter" is the official notebook's 16x16-at-512 limit, "half" the null-text notebook's 32x32."""
+SELF_LAYER_LEVELS = {"all": 1, "half": 2, "quarter": 4}
+"""Self-attention is shared in layers at this level or coarser (a layer's level: how many times smaller than the
+latent its side is). "quarter" is the official code's limit for generated images (16x16 at 512x512: the stable
+notebook, the diffusers pipeline; 32x32 at 1024x1024 for SDXL), "half" the null-text notebook's for real images
+(32x32 at 512x512)."""
+SELF_LAYER_CHOICES = ("auto",) + tuple(SELF_LAYER_LEVELS)
+"""'auto': the official choice, "quarter" for generated images and "half" for inverted real images."""
 
 
 def require_words(prompt: PromptTokens, role: str) -> PromptTokens:
@@ -29,40 +33,41 @@ def require_words(prompt: PromptTokens, role: str) -> PromptTokens:
 
 
 def edit_row(kind: str, source: PromptTokens, target: PromptTokens, cross: Window, self_window: Window,
-             word_windows: Sequence[tuple[str, Window]], tokenize: TokenizeFn,
-             self_layers: str = "all") -> RowEdit:
+             word_windows: Sequence[tuple[str, Window]], tokenize: TokenizeFn, self_level: int = 4) -> RowEdit:
     """A word-swap ("replace") or refinement ("refine") row; per-word windows name target words."""
     require_words(source, "source prompt")
     require_words(target, "target prompt")
     mappings = {"replace": swap_mapping, "refine": refine_mapping}
     mapping = mappings[kind](source, target)
     windows = tuple(WordWindow(target.find(word, tokenize), window) for word, window in word_windows)
-    return RowEdit(kind, target, mapping, cross, self_window, windows, self_scale=self_layer_scale(self_layers))
+    return RowEdit(kind, target, mapping, cross, self_window, windows, self_level=self_level)
 
 
-def reweight_row(source: PromptTokens, cross: Window, self_window: Window, self_layers: str = "all") -> RowEdit:
+def reweight_row(source: PromptTokens, cross: Window, self_window: Window, self_level: int = 4) -> RowEdit:
     """A row that repeats the source prompt, to be reweighted (the paper's standalone reweighting)."""
     require_words(source, "source prompt")
-    return RowEdit("reweight", source, identity_mapping(source), cross, self_window,
-                   self_scale=self_layer_scale(self_layers))
+    return RowEdit("reweight", source, identity_mapping(source), cross, self_window, self_level=self_level)
 
 
-def reweight(prompt: PromptTokens, words: Sequence[str], scale: float, window: Window,
-             tokenize: TokenizeFn) -> Reweight:
-    """Scale the attention columns of every token of `words` (all occurrences) by `scale`."""
+def reweight_factors(prompt: PromptTokens, words: Sequence[str], scale: float, tokenize: TokenizeFn) -> torch.Tensor:
+    """Factors per token column: `scale` on every token of `words` (all occurrences), 1 elsewhere."""
     if not words:
         raise PromptToPromptError("Reweight needs at least one word of the prompt to scale.")
     factors = torch.ones(prompt.length)
     for word in words:
         factors[list(prompt.find(word, tokenize))] = scale
-    return Reweight(factors, window)
+    return factors
 
 
-def self_layer_scale(name: str) -> float:
-    if name not in SELF_LAYER_SCALES:
+def self_layer_level(name: str, real_image: bool) -> int:
+    """The finest level that shares self-attention for a self_attention_layers choice ("auto" follows the official
+    code: quarter for generated images, half for real ones)."""
+    if name == "auto":
+        name = "half" if real_image else "quarter"
+    if name not in SELF_LAYER_LEVELS:
         raise PromptToPromptError(
-            f"Unknown self-attention layer choice '{name}'; use one of {list(SELF_LAYER_SCALES)}.")
-    return SELF_LAYER_SCALES[name]
+            f"Unknown self-attention layer choice '{name}'; use one of {list(SELF_LAYER_CHOICES)}.")
+    return SELF_LAYER_LEVELS[name]
 
 
 def check_source(plan: EditPlan, source_text: str) -> None:

@@ -1,9 +1,6 @@
-"""Step windows, and which sampling step a model call belongs to.
-
-Windows are fractions of the sampler's steps, like the paper's `cross_replace_steps` (0.8 = the first 80 %
-of the steps). The step is found from the current sigma within the sampler's own sigma schedule, not by
-counting model calls, so samplers that evaluate the model more than once per step (heun, dpm_2) and
-KSamplerAdvanced's start/end steps keep the right window.
+"""Step windows: fractions of the steps of the whole trajectory, like the paper's `cross_replace_steps` (0.8 =
+the first 80 % of the steps), and their parsing from what users type. Which step a model evaluation belongs to
+is `trajectory.py`'s job.
 """
 
 from __future__ import annotations
@@ -11,7 +8,6 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Sequence
 
 from .errors import PromptToPromptError
 
@@ -20,7 +16,7 @@ _EPS = 1e-9
 
 @dataclass(frozen=True)
 class Window:
-    """Steps [floor(start * steps), floor(end * steps)) of a run of `steps` steps."""
+    """A window of a trajectory's steps, as fractions of its `steps` (see `contains` and `contains_cross`)."""
 
     start: float = 0.0
     end: float = 1.0
@@ -31,7 +27,16 @@ class Window:
                 f"A step window must satisfy 0 <= start <= end <= 1, got ({self.start}, {self.end}).")
 
     def contains(self, step: int, steps: int) -> bool:
+        """Steps [floor(start * steps), floor(end * steps)): self-attention, recording and blending windows."""
         return _first_step(self.start, steps) <= step < _first_step(self.end, steps)
+
+    def contains_cross(self, step: int, steps: int) -> bool:
+        """Steps [floor(start * (steps + 1)), floor(end * (steps + 1))): cross-attention windows.
+
+        The official code reads its per-step cross-attention weights from a table with one row more than there
+        are steps, so 0.5 of 25 steps injects 13 steps there; cross windows count the same way.
+        """
+        return self.contains(step, steps + 1)
 
     @property
     def empty(self) -> bool:
@@ -70,14 +75,3 @@ def parse_word_windows(text: str) -> tuple[tuple[str, Window], ...]:
                 "separated by commas or new lines.")
         parsed.append((word.strip(), parse_window(window)))
     return tuple(parsed)
-
-
-def step_index(sigma: float, schedule: Sequence[float]) -> int:
-    """The step i whose interval schedule[i] >= sigma > schedule[i + 1] holds sigma.
-
-    `schedule` is the sampler's descending sigma list (steps + 1 values, usually ending in 0). A sigma above
-    the first value counts as step 0, one at or below the last as the final step. The relative tolerance
-    absorbs float noise between the sigma the model sees and the schedule entry it came from.
-    """
-    threshold = sigma * (1 - 1e-6)
-    return sum(1 for s in schedule[1:-1] if s >= threshold)

@@ -2,7 +2,9 @@
 
 A layer's *level* is how many times smaller its feature map is than the latent (1, 2, 4, 8): the paper's
 "16 x 16 maps at 512 x 512" are level 4 of SD1.x, and level 4 of SDXL at 1024 x 1024 is its 32 x 32 block.
-Levels, not pixel sizes, pick the layers, so every resolution and aspect ratio works.
+Levels, not pixel sizes, pick the layers, so every resolution and aspect ratio works; they are read from the
+UNet's structure (its downsampling layers), since its sides halve with rounding up and a ratio of sides would
+misplace some sizes.
 
 Memory is constant in the number of steps: one running sum per row (h * w * tokens floats) and a count.
 Self-attention maps are accumulated the same way, with the layer's h * w pixels as the "tokens".
@@ -15,11 +17,6 @@ import torch
 from .schedule import Window
 
 DEFAULT_LEVEL = 4
-
-
-def layer_level(latent_side: int, layer_side: int) -> int:
-    """The level of a layer from its feature map's side and the latent's (rounding absorbs odd sizes)."""
-    return max(1, round(latent_side / layer_side))
 
 
 class MapAccumulator:
@@ -53,6 +50,15 @@ class MapAccumulator:
 
     def rows(self) -> list[int]:
         return sorted(self.sums)
+
+    def state(self) -> tuple:
+        """A copy of what has been accumulated, for `load`."""
+        return {row: total.clone() for row, total in self.sums.items()}, dict(self.counts), self.shape
+
+    def load(self, state: tuple) -> None:
+        sums, counts, self.shape = state
+        self.sums = {row: total.clone() for row, total in sums.items()}
+        self.counts = dict(counts)
 
     def mean(self, row: int) -> torch.Tensor:
         """The averaged maps of `row` as [h, w, tokens]."""
@@ -94,30 +100,82 @@ def self_attention_components(maps: torch.Tensor, count: int, size: tuple[int, i
     return torch.nn.functional.interpolate(top, size=size, mode="bilinear", align_corners=False)[:, 0].clamp(0, 1)
 
 
+class BlendAccumulator(MapAccumulator):
+    """The blend level's maps over every step, and the masks the local blend used last (which the final latent
+    is blended with, and Show Attention shows)."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__(level)
+        self.masks: torch.Tensor | None = None
+
+    def reset(self) -> None:
+        super().reset()
+        self.masks = None
+
+    def state(self) -> tuple:
+        return super().state(), None if self.masks is None else self.masks.clone()
+
+    def load(self, state: tuple) -> None:
+        maps, masks = state
+        super().load(maps)
+        self.masks = None if masks is None else masks.clone()
+
+
 class Recorder:
-    """What a patched model remembers of its latest sampling run, for nodes that read it afterwards.
+    """What a patched model remembers of its sampling runs, for nodes that read it afterwards.
 
     `store` feeds the attention-map view (its own level and step window), `blend` the local-blend masks
-    (every step), `self_store` the self-attention components view (the store's level and window). All are
-    reset when a run starts, so a re-run never adds to the last one's maps.
+    (every step), `self_store` the self-attention components view (the store's level and window). A run that
+    starts a trajectory resets them, so a re-run never adds to the last one's maps; a run that stops before
+    the trajectory's end leaves a checkpoint, from which a run continuing it (the second stage of a split
+    schedule) resumes, so the maps and masks are those of one run.
     """
 
-    def __init__(self, store: MapAccumulator | None = None, blend: MapAccumulator | None = None,
+    def __init__(self, store: MapAccumulator | None = None, blend: BlendAccumulator | None = None,
                  self_store: MapAccumulator | None = None) -> None:
         self.store = store
         self.blend = blend
         self.self_store = self_store
-        self.last_masks: torch.Tensor | None = None
+        self.checkpoints: dict[tuple[int, int], tuple] = {}
 
     def __deepcopy__(self, memo: dict) -> Recorder:
         # Clones of the MODEL (LoRA loaders, other patches) must record into the same object.
         return self
 
+    def extended(self, **accumulators: MapAccumulator | None) -> Recorder:
+        """A recorder with these accumulators added (or replaced) that shares the others, so nodes chained
+        before it (a store before a blend, or the reverse) see everything the sampled model records."""
+        current = {"store": self.store, "blend": self.blend, "self_store": self.self_store}
+        return Recorder(**{**current, **accumulators})
+
+    @property
+    def last_masks(self) -> torch.Tensor | None:
+        return None if self.blend is None else self.blend.masks
+
+    def _accumulators(self) -> tuple[MapAccumulator, ...]:
+        return tuple(a for a in (self.store, self.blend, self.self_store) if a is not None)
+
     def reset(self) -> None:
-        for accumulator in (self.store, self.blend, self.self_store):
-            if accumulator is not None:
-                accumulator.reset()
-        self.last_masks = None
+        for accumulator in self._accumulators():
+            accumulator.reset()
+        self.checkpoints.clear()
+
+    def checkpoint(self, step: int, steps: int) -> None:
+        """Remember what was recorded before `step` of a `steps`-step trajectory."""
+        self.checkpoints[(step, steps)] = tuple(a.state() for a in self._accumulators())
+
+    def resume(self, step: int, steps: int) -> bool:
+        """Restore the checkpoint at `step`, if a run stopped there; False when there is none."""
+        saved = self.checkpoints.get((step, steps))
+        if saved is None:
+            return False
+        for accumulator, state in zip(self._accumulators(), saved):
+            accumulator.load(state)
+        return True
+
+    @property
+    def records(self) -> bool:
+        return bool(self._accumulators())
 
     def recording(self, step: int, steps: int) -> tuple[MapAccumulator, ...]:
         """The cross-attention accumulators whose window contains `step`."""

@@ -23,6 +23,9 @@ WORD_END = "</w>"
 TokenizeFn = Callable[[str], Sequence[tuple[int, str]]]
 """Tokenize text as ComfyUI does, without start/end tokens: a list of (token id, BPE piece text)."""
 
+CHUNK = 77
+"""Tokens per chunk of the encoded context: start, up to 75 word tokens, end, padding."""
+
 StreamToken = tuple[object, float, int]
 """One entry of ComfyUI's `tokenize(..., return_word_ids=True)`: (token id or embedding, weight, word id)."""
 
@@ -78,6 +81,14 @@ class PromptTokens:
         """Columns that belong to no word: start, end and padding tokens of every chunk."""
         used = {p for w in self.words for p in w.positions}
         return tuple(p for p in range(self.length) if p not in used)
+
+    def padding_positions(self) -> tuple[int, ...]:
+        """Columns after the end token of each chunk (a chunk is start, words, end, padding)."""
+        ends = {}
+        for position in (p for w in self.words for p in w.positions):
+            chunk = position // CHUNK
+            ends[chunk] = max(ends.get(chunk, 0), position % CHUNK)
+        return tuple(p for p in range(self.length) if p % CHUNK > ends.get(p // CHUNK, 0) + 1)
 
     def find(self, phrase: str, tokenize: TokenizeFn) -> tuple[int, ...]:
         """Columns of every occurrence of `phrase` (one or more words), whole pieces only.

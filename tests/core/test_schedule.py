@@ -1,7 +1,7 @@
 import pytest
 
 from p2p_core.errors import PromptToPromptError
-from p2p_core.schedule import Window, parse_window, parse_word_windows, step_index
+from p2p_core.schedule import Window, parse_window, parse_word_windows
 
 
 def steps_in(window, steps):
@@ -41,20 +41,3 @@ def test_parse_word_windows():
     assert parse_word_windows("  ") == ()
     with pytest.raises(PromptToPromptError, match="word: 0.4"):
         parse_word_windows("dog 0.4")
-
-
-SCHEDULE = [14.6, 8.0, 4.0, 2.0, 0.0]
-
-
-def test_step_index_of_schedule_sigmas():
-    assert [step_index(s, SCHEDULE) for s in SCHEDULE[:-1]] == [0, 1, 2, 3]
-
-
-def test_step_index_between_sigmas_belongs_to_the_open_step():
-    assert step_index(6.0, SCHEDULE) == 1  # e.g. dpm_2's midpoint evaluation
-    assert step_index(8.0 * (1 + 1e-8), SCHEDULE) == 1  # float noise on a schedule value
-
-
-def test_step_index_outside_the_schedule():
-    assert step_index(20.0, SCHEDULE) == 0
-    assert step_index(0.0, SCHEDULE) == 3

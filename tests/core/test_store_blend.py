@@ -5,7 +5,13 @@ from p2p_core.blend import BlendSpec, blend_masks, blend_rows, word_mask
 from p2p_core.errors import PromptToPromptError
 from p2p_core.render import colorize, overlay
 from p2p_core.schedule import Window
-from p2p_core.store import MapAccumulator, Recorder, layer_level, self_attention_components, token_heatmaps
+from p2p_core.store import (
+    BlendAccumulator,
+    MapAccumulator,
+    Recorder,
+    self_attention_components,
+    token_heatmaps,
+)
 
 
 def one_hot_maps(h, w, tokens, hot):
@@ -17,10 +23,6 @@ def one_hot_maps(h, w, tokens, hot):
             maps[y, x] = 0.0
             maps[y, x, token] = 1.0
     return maps
-
-
-def test_layer_level_from_sides():
-    assert layer_level(64, 16) == 4 and layer_level(96, 48) == 2 and layer_level(65, 33) == 2
 
 
 def test_accumulator_averages_over_layers_heads_and_steps():
@@ -36,7 +38,7 @@ def test_accumulator_averages_over_layers_heads_and_steps():
 
 
 def test_recorder_records_only_inside_each_window():
-    store, blend = MapAccumulator(4, Window(0.5, 1.0)), MapAccumulator(4)
+    store, blend = MapAccumulator(4, Window(0.5, 1.0)), BlendAccumulator(4)
     recorder = Recorder(store, blend)
     assert recorder.recording(0, 10) == (blend,) and recorder.recording(5, 10) == (store, blend)
     assert recorder.recording_self(5, 10) == ()
@@ -107,6 +109,36 @@ def test_self_attention_recorder_has_its_own_window_and_is_reset():
     own.add(0, torch.rand(1, 4, 4).softmax(-1), (2, 2))
     recorder.reset()
     assert own.rows() == []
+
+
+def test_extended_recorders_share_what_they_record():
+    """A store chained before a blend (or after it): each node's recorder sees everything the sampled one
+    records, the blend masks included."""
+    store, self_store = MapAccumulator(4), MapAccumulator(4)
+    first = Recorder(store=store, self_store=self_store)
+    second = first.extended(blend=BlendAccumulator(4))
+    assert second.store is store and second.self_store is self_store and first.blend is None
+    third = Recorder(blend=BlendAccumulator(4)).extended(store=store, self_store=self_store)
+    third.blend.masks = torch.ones(1, 2, 2, dtype=torch.bool)
+    assert third.last_masks is not None and third.store is store
+
+
+def test_a_checkpoint_resumes_exactly_what_was_recorded():
+    recorder = Recorder(store=MapAccumulator(2), blend=BlendAccumulator(2))
+    maps = torch.rand(2, 6, 5).softmax(-1)
+    recorder.store.add(0, maps, (2, 3))
+    recorder.blend.add(0, maps, (2, 3))
+    recorder.blend.masks = torch.tensor([[[True, False]]])
+    recorder.checkpoint(4, 10)
+    before = recorder.store.mean(0).clone()
+    recorder.store.add(0, torch.rand(2, 6, 5).softmax(-1), (2, 3))
+    recorder.blend.masks = None
+    assert not recorder.resume(5, 10)
+    assert recorder.resume(4, 10)
+    assert torch.equal(recorder.store.mean(0), before) and recorder.store.counts[0] == 2
+    assert torch.equal(recorder.last_masks, torch.tensor([[[True, False]]]))
+    recorder.reset()
+    assert not recorder.resume(4, 10) and recorder.store.rows() == []
 
 
 def test_self_attention_components_separate_two_regions():

@@ -1,0 +1,91 @@
+"""What a ComfyUI sampler run is: its sampler's name and its place in the whole trajectory.
+
+The trajectory search itself is p2p_core's (`trajectory.locate_run`); here it is given ComfyUI's schedulers, the
+way KSampler computes its sigmas (samplers that discard the penultimate sigma), and a cache, since a sampler run
+of the same schedule always lies in the same place.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import comfy.samplers
+import torch
+
+from ..p2p_core.errors import PromptToPromptError
+from ..p2p_core.trajectory import Trajectory, continued, locate_run, step_index
+
+CORRECTOR_SAMPLERS = {"heun", "heunpp2"}
+"""Samplers whose correctors evaluate the model at later schedule sigmas (see trajectory.StepClock)."""
+DISCARD_PENULTIMATE = {"dpm_2", "dpm_2_ancestral", "unipc", "unipc_bh2"}
+"""KSampler computes these samplers' sigmas for one step more and drops the penultimate one."""
+SCHEDULER_ORDER = ("normal", "karras", "simple", "sgm_uniform", "exponential", "ddim_uniform", "beta",
+                   "linear_quadratic", "kl_optimal")
+"""ComfyUI's schedulers, the common ones first (the search stops at the first that holds the run)."""
+
+_FOUND: OrderedDict[tuple, Trajectory | None] = OrderedDict()
+_CACHE_SIZE = 64
+
+
+def sampler_name(sampler) -> str:
+    """The k-diffusion name of a ComfyUI sampler object ('euler' for both euler and ddim)."""
+    return getattr(getattr(sampler, "sampler_function", None), "__name__", "").removeprefix("sample_")
+
+
+def whole_trajectory(model_sampling, sampler, sigmas: torch.Tensor, continues: tuple[Trajectory, ...] = ()
+                     ) -> Trajectory:
+    """The whole trajectory a sampler run with `sigmas` belongs to, or a clear error when it cannot be known.
+
+    `continues`: trajectories of earlier runs that stopped partway, which this run may continue (it is then placed
+    where the earlier run stopped, even where its sigmas alone are ambiguous, as for the final step alone).
+    """
+    run = [float(s) for s in sigmas.tolist()]
+    previous = continued(run, continues)
+    if previous is not None:
+        return previous
+    discard = sampler_name(sampler) in DISCARD_PENULTIMATE
+    names = [n for n in SCHEDULER_ORDER if n in comfy.samplers.SCHEDULER_NAMES]
+    names += [n for n in comfy.samplers.SCHEDULER_NAMES if n not in names]
+    key = (float(model_sampling.sigma_min), float(model_sampling.sigma_max), discard, tuple(run))
+    if key not in _FOUND:
+        def schedules(name: str, steps: int) -> list[float]:
+            if not discard:
+                return comfy.samplers.calculate_sigmas(model_sampling, name, steps).tolist()
+            sigmas = comfy.samplers.calculate_sigmas(model_sampling, name, steps + 1)
+            return torch.cat([sigmas[:-2], sigmas[-1:]]).tolist()
+
+        _FOUND[key] = locate_run(run, schedules, names, float(model_sampling.sigma_max))
+        while len(_FOUND) > _CACHE_SIZE:
+            _FOUND.popitem(last=False)
+    found = _FOUND[key]
+    if found is None:
+        raise PromptToPromptError(
+            f"Prompt-to-Prompt cannot tell which part of a whole schedule this sampler runs ({len(run) - 1} steps "
+            f"from sigma {run[0]:.4g} to {run[-1]:.4g}): its step windows count the steps of the whole trajectory "
+            "from pure noise, and these sigmas are neither a whole schedule nor part of one of ComfyUI's "
+            "schedulers. Run the whole schedule in one sampler, or split one of ComfyUI's schedulers "
+            "(KSamplerAdvanced start/end steps, or BasicScheduler with SplitSigmas).")
+    return found
+
+
+def sampler_step(sigma: float, transformer_options: dict) -> int:
+    """The step of a model call at `sigma` within the running sampler's own schedule."""
+    schedule = transformer_options.get("sample_sigmas")
+    if schedule is None:
+        raise PromptToPromptError("Prompt-to-Prompt models must be run by a ComfyUI sampler node.")
+    return step_index(sigma, schedule.tolist())
+
+
+STOCHASTIC_SAMPLERS = {"ddpm", "lcm", "seeds_2", "seeds_3", "sa_solver", "sa_solver_pece"}
+DETERMINISTIC_ADVICE = "euler, ddim, heun, dpm_2, lms, dpmpp_2m, ipndm, deis, uni_pc or res_multistep"
+
+
+def check_sampler(sampler) -> None:
+    """Ancestral and SDE samplers add fresh noise per row each step, so the rows drift apart."""
+    name = sampler_name(sampler)
+    eta = getattr(sampler, "extra_options", {}).get("eta")
+    stochastic = "ancestral" in name or "sde" in name or name in STOCHASTIC_SAMPLERS
+    if stochastic and eta != 0:
+        raise PromptToPromptError(
+            f"The '{name}' sampler adds new random noise at every step, different for each row, so the "
+            f"edited image would drift away from the source. Use a deterministic sampler: {DETERMINISTIC_ADVICE}.")
