@@ -14,6 +14,7 @@ conditioning, SDXL's pooled inputs and model patches are applied as when samplin
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import comfy.conds
@@ -151,13 +152,18 @@ class InversionSampler(comfy.samplers.Sampler):
             comfy.model_management.throw_exception_if_processing_interrupted()
             self.progress.update(1)
 
+        def cond(x, sigma):
+            return denoise(positive, x, sigma)
+
+        def uncond(x, sigma, embedding):
+            return denoise(with_context(negative, embedding), x, sigma)
+
         with torch.no_grad():
-            pivots = ddim_invert(lambda x, s: denoise(positive, x, s), latent_image.clone(), schedule, on_step=tick)
+            pivots = ddim_invert(cond, latent_image.clone(), schedule, on_step=tick)
         if self.mode == "null-text":
             self.uncond = tuple(null_text_optimise(
-                lambda x, s: denoise(positive, x, s), lambda x, s, e: denoise(with_context(negative, e), x, s),
-                pivots, schedule, self.cfg, _model_cond(negative, "c_crossattn").clone(), NullTextSettings(),
-                on_step=tick))
+                cond, uncond, pivots, schedule, self.cfg, _model_cond(negative, "c_crossattn").clone(),
+                NullTextSettings(), on_step=tick, **half_precision(inner, cond, uncond)))
             self.uncond_y = _model_cond(negative, "y")
         elif self.mode == "negative-prompt":
             self.uncond = (_model_cond(positive, "c_crossattn").clone(),)
@@ -165,6 +171,56 @@ class InversionSampler(comfy.samplers.Sampler):
         else:
             self.targets = tuple(t.detach() for t in direct_targets(pivots, schedule))
         return pivots[0].detach()
+
+
+FP16_LOSS_SCALE = 2.0 ** 16
+"""Null-text's loss scale for a model running in fp16 (see p2p_core.inversion.null_text_optimise)."""
+
+
+def half_precision(model, cond, uncond) -> dict:
+    """What null-text optimisation needs to be right with `model` (a ComfyUI BaseModel) in its dtype.
+
+    fp16: a loss scale (the gradient would underflow). bf16: full-precision denoisers for the loss values: in
+    bf16 (8 mantissa bits) a prediction is rounded by about 0.4 %, more than the residual null-text minimises
+    (the guided step's distance to the next pivot), so the gradient of a bf16 pass points nowhere in particular
+    (cosine about 0.7 to the fp32 gradient on the test models); with full-precision values it is the fp32
+    gradient (0.999), for one full-precision forward pass per iteration and no full-precision copy of the weights.
+    """
+    dtype = model.manual_cast_dtype or model.get_dtype()
+    if dtype == torch.float16:
+        return {"loss_scale": FP16_LOSS_SCALE}
+    if dtype != torch.bfloat16:
+        return {}
+
+    def exact_cond(x, sigma):
+        with full_precision(model):
+            return cond(x, sigma)
+
+    def exact_uncond(x, sigma, embedding):
+        with full_precision(model):
+            return uncond(x, sigma, embedding)
+    return {"exact": (exact_cond, exact_uncond)}
+
+
+@contextlib.contextmanager
+def full_precision(model):
+    """Run `model` (a ComfyUI BaseModel) in fp32 meanwhile: its layers cast their weights to fp32 as they run
+    (ComfyUI's own manual-cast path, as in low-VRAM mode), so no fp32 copy of the UNet is kept."""
+    layers = [m for m in model.diffusion_model.modules() if hasattr(m, "comfy_cast_weights")]
+    own = [m.__dict__.get("comfy_cast_weights") for m in layers]
+    cast_dtype = model.manual_cast_dtype
+    try:
+        model.manual_cast_dtype = torch.float32
+        for layer in layers:
+            layer.comfy_cast_weights = True
+        yield
+    finally:
+        model.manual_cast_dtype = cast_dtype
+        for layer, value in zip(layers, own):
+            if value is None:
+                del layer.comfy_cast_weights
+            else:
+                layer.comfy_cast_weights = value
 
 
 def _model_cond(entries: list[dict], name: str) -> torch.Tensor | None:

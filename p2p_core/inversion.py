@@ -23,6 +23,8 @@ import torch
 
 Denoiser = Callable[[torch.Tensor, float], torch.Tensor]
 """D(x, sigma): the x0 prediction of the model for latent x at noise level sigma."""
+UncondDenoiser = Callable[[torch.Tensor, float, torch.Tensor], torch.Tensor]
+"""D(x, sigma, embedding): the x0 prediction under an unconditional text embedding."""
 
 
 @dataclass(frozen=True)
@@ -85,16 +87,49 @@ def direct_targets(pivots: list[torch.Tensor], sigmas: list[float]) -> list[torc
     return targets
 
 
-def null_text_optimise(cond: Denoiser, uncond: Callable[[torch.Tensor, float, torch.Tensor], torch.Tensor],
-                       pivots: list[torch.Tensor], sigmas: list[float], guidance: float, initial: torch.Tensor,
-                       settings: NullTextSettings = NullTextSettings(),
-                       on_step: Callable[[int, float], None] | None = None) -> list[torch.Tensor]:
+def null_text_loss(cond_x0: torch.Tensor, uncond: UncondDenoiser, embedding: torch.Tensor, x: torch.Tensor,
+                   sigma: float, sigma_next: float, target: torch.Tensor, guidance: float,
+                   exact_uncond: UncondDenoiser | None = None) -> torch.Tensor:
+    """The paper's loss, in fp32: the squared distance of the guided euler step from the next pivot (`target`, at
+    the scale a diffusers latent has). Its gradient flows through `uncond`; with `exact_uncond`, its value is
+    that of the full-precision prediction (see null_text_optimise)."""
+    uncond_x0 = uncond(x, sigma, embedding).float()
+    if exact_uncond is not None:
+        with torch.no_grad():
+            value = exact_uncond(x, sigma, embedding.detach()).float()
+        uncond_x0 = uncond_x0 + (value - uncond_x0).detach()
+    guided = uncond_x0 + guidance * (cond_x0.float() - uncond_x0)
+    return torch.nn.functional.mse_loss(diffusers_scale(euler_step(x.float(), guided, sigma, sigma_next), sigma_next),
+                                        target.float())
+
+
+def scaled_backward(loss: torch.Tensor, embedding: torch.Tensor, loss_scale: float) -> bool:
+    """Backward of `loss * loss_scale`, leaving the unscaled gradient in `embedding.grad`; False if it overflowed."""
+    (loss * loss_scale).backward()
+    if not bool(torch.isfinite(embedding.grad).all()):
+        return False
+    embedding.grad /= loss_scale
+    return True
+
+
+def null_text_optimise(cond: Denoiser, uncond: UncondDenoiser, pivots: list[torch.Tensor], sigmas: list[float],
+                       guidance: float, initial: torch.Tensor, settings: NullTextSettings = NullTextSettings(),
+                       on_step: Callable[[int, float], None] | None = None, loss_scale: float = 1.0,
+                       exact: tuple[Denoiser, UncondDenoiser] | None = None) -> list[torch.Tensor]:
     """The unconditional embedding per step that makes guided sampling retrace the pivots.
 
     `uncond(x, sigma, embedding)` must be differentiable in `embedding`. For every step, starting from the
     previous step's result (warm start) and with a fresh Adam, up to `iterations` updates minimise the
     distance between the guided euler step and the next pivot; the latent then advances with the
-    optimised embedding. Optimisation runs in fp32 whatever the dtype of `initial`.
+    optimised embedding, as sampling will. The embedding and Adam are fp32 whatever the dtype of `initial`.
+
+    Half precision: `loss_scale` multiplies the loss before backward and divides the gradient after it (the loss
+    itself, and early stopping, stay unscaled). A model running in fp16 needs it: the loss is 1e-5 to 1e-3, a
+    mean over the latent, so the gradient reaching the UNet's output is far below fp16's normal range and mostly
+    flushes to zero. It is halved whenever the scaled gradient overflows (that pass is repeated). `exact`,
+    full-precision versions of the denoisers, give the loss its values while the gradient still flows through
+    `uncond` (a model in bf16 rounds its predictions by more than the residual being minimised); the latent
+    still advances with `cond` and `uncond`, the predictions sampling will make.
     """
     embedding = initial.detach().float().clone()
     embeddings: list[torch.Tensor] = []
@@ -104,18 +139,24 @@ def null_text_optimise(cond: Denoiser, uncond: Callable[[torch.Tensor, float, to
         target = diffusers_scale(pivots[i + 1], sigma_next).float()
         with torch.no_grad():
             cond_x0 = cond(x, sigma).float()
+            loss_cond_x0 = cond_x0 if exact is None else exact[0](x, sigma).float()
         embedding.requires_grad_(True)
         optimiser = torch.optim.Adam([embedding], lr=settings.lr(i))
-        loss_value = float("inf")
-        for _ in range(settings.iterations):
-            uncond_x0 = uncond(x, sigma, embedding).float()
-            guided = uncond_x0 + guidance * (cond_x0 - uncond_x0)
-            loss = torch.nn.functional.mse_loss(diffusers_scale(euler_step(x.float(), guided, sigma, sigma_next),
-                                                                sigma_next), target)
+        loss_value, updates = float("inf"), 0
+        while updates < settings.iterations:
+            loss = null_text_loss(loss_cond_x0, uncond, embedding, x, sigma, sigma_next, target, guidance,
+                                  None if exact is None else exact[1])
             optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
             loss_value = loss.item()
+            if not scaled_backward(loss, embedding, loss_scale):
+                if loss_scale <= 1.0:
+                    raise FloatingPointError(
+                        "Null-text optimisation met a non-finite gradient: the model's predictions overflow in "
+                        "its dtype. Run the model in fp32 or bf16 for the inversion.")
+                loss_scale /= 2  # an overflow costs this pass, not one of the updates
+                continue
+            optimiser.step()
+            updates += 1
             if loss_value < settings.threshold(i):
                 break
         embedding = embedding.detach()

@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from p2p_core.inversion import (
@@ -102,3 +103,40 @@ def test_diffusers_scale_matches_alpha_bar():
     x, sigma = torch.ones(1), 3.0
     alpha_bar = 1 / (1 + sigma ** 2)
     assert torch.allclose(diffusers_scale(x, sigma), x * math.sqrt(alpha_bar))
+
+
+def test_loss_scaling_changes_neither_the_result_nor_early_stopping():
+    """The loss scale only protects a half-precision backward: the gradient is unscaled before Adam and early
+    stopping reads the unscaled loss, so fp32 results are the same with or without it, and an overflowing scale
+    is lowered rather than applied."""
+    pivots = ddim_invert(lambda x, s: toy_denoiser(x, s, COND), image(), COARSE)
+
+    def optimise(loss_scale):
+        losses = []
+        embeddings = null_text_optimise(lambda x, s: toy_denoiser(x, s, COND), toy_denoiser, pivots, COARSE, 7.5,
+                                        NULL, NullTextSettings(iterations=10), lambda i, loss: losses.append(loss),
+                                        loss_scale=loss_scale)
+        return torch.stack(embeddings), losses
+
+    plain, plain_losses = optimise(1.0)
+    for loss_scale in (2.0 ** 16, 1e38):
+        scaled, losses = optimise(loss_scale)
+        assert torch.allclose(scaled, plain, rtol=1e-4, atol=1e-6)
+        assert losses == pytest.approx(plain_losses, rel=1e-3)
+
+
+def test_exact_values_steer_the_loss_but_sampling_predictions_advance_the_latent():
+    """With `exact` (full-precision denoisers) the loss is theirs; the latent advances with the model's own
+    predictions, as sampling will make them: a rounded model still retraces the pivots once optimised."""
+    pivots = ddim_invert(lambda x, s: toy_denoiser(x, s, COND), image(), SIGMAS)
+
+    def rounded(x, s, text):
+        exact = toy_denoiser(x, s, text)
+        return exact + (exact.bfloat16().float() - exact).detach()
+
+    embeddings = null_text_optimise(lambda x, s: rounded(x, s, COND), rounded, pivots, SIGMAS, 7.5, NULL,
+                                    exact=(lambda x, s: toy_denoiser(x, s, COND), toy_denoiser))
+    guided_rounded = lambda i, x: (lambda u, c: u + 7.5 * (c - u))(rounded(x, SIGMAS[i], embeddings[i]),
+                                                                      rounded(x, SIGMAS[i], COND))
+    plain = sample(pivots[0], SIGMAS, lambda i, x: guided(x, SIGMAS[i], NULL))
+    assert error(sample(pivots[0], SIGMAS, guided_rounded), image()) * 100 < error(plain, image())

@@ -262,8 +262,9 @@ def _model_config(family: str) -> Any:
     return _config_classes()[family](_UNET_CONFIGS[family])
 
 
-def make_model(family: str, seed: int = 0) -> comfy.model_patcher.ModelPatcher:
-    """A tiny fp32 CPU diffusion model of ``family`` ("sd1", "sd2", "sdxl", "flux").
+def make_model(family: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> comfy.model_patcher.ModelPatcher:
+    """A tiny CPU diffusion model of ``family`` ("sd1", "sd2", "sdxl", "flux"), in ``dtype`` (the same weights,
+    rounded, for fp16 and bf16: CPUs run both).
 
     sd1: EPS BaseModel; sd2: V_PREDICTION BaseModel (attn_precision fp32);
     sdxl: model_base.SDXL (needs ``pooled_output`` [n, 1280]); flux: model_base.Flux,
@@ -285,6 +286,9 @@ def make_model(family: str, seed: int = 0) -> comfy.model_patcher.ModelPatcher:
     else:
         model = mb.Flux(config, device=device)
     init_weights(model, seed)
+    if dtype != torch.float32:
+        model.diffusion_model.to(dtype)
+        model.diffusion_model.dtype = dtype
     model.eval()
     return comfy.model_patcher.ModelPatcher(
         model,
