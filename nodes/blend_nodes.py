@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from ..p2p_core.blend import BlendSpec
 from ..p2p_core.errors import PromptToPromptError
-from ..p2p_core.store import BlendAccumulator, Recorder
+from ..p2p_core.store import MapAccumulator, Recorder
 from ..p2p_core.tokens import PromptTokens, TokenizeFn
 from .edit_nodes import CATEGORY
 from .patch import KEY, EditPatch, EditState
@@ -110,7 +110,7 @@ class LocalBlendMask:
             subtract=subtract_columns(prompts, split_words(subtract_words), tokenize),
             threshold=threshold, subtract_threshold=threshold, start=start,
             level=check_level(model, LEVELS[level]))
-        recorder = (state.recorder or Recorder()).extended(blend=BlendAccumulator(spec.level))
+        recorder = (state.recorder or Recorder()).extended(blend=MapAccumulator(spec.level))
         state = replace(state, recorder=recorder, blend=spec)
         return EditPatch.install(model, state), AttentionRecord(recorder, plan, tokenize)
 

@@ -21,7 +21,7 @@ from ..p2p_core.plan import (
     self_layer_level,
 )
 from ..p2p_core.schedule import Window, parse_word_windows
-from .patch import INVERSION_KEY, KEY, EditPatch, EditState
+from .patch import INVERSION_KEY, KEY, EditPatch, EditState, same_rows
 from .text import batch_conditioning, encode_prompt, tokenize_prompt, word_tokenizer
 from .unet import transformer_levels
 
@@ -102,6 +102,12 @@ def start_or_continue(model, clip, source_prompt: str) -> EditState:
                 f"The source prompt '{source_prompt}' differs from the prompt the image was inverted with "
                 f"('{inversion.prompt}'); leave the source prompt empty to use it, or make it the same.")
         source_prompt = inversion.prompt
+        if not same_rows(encode_prompt(clip, source_prompt)[0], inversion.positive):
+            raise PromptToPromptError(
+                f"NullTextInvert inverted the image with a positive conditioning that is not its prompt "
+                f"('{inversion.prompt}') encoded by this CLIP, but the edit's source row is that prompt, so the edit "
+                "would not start from the photo. Disconnect NullTextInvert's positive input (or connect CLIP Text "
+                "Encode of the same prompt with the same CLIP).")
     transformer_levels(model)  # fail early, with the model family in the message
     source = require_words(tokenize_prompt(clip, source_prompt), "source prompt")
     return EditState(EditPlan(source), (encode_prompt(clip, source_prompt),))

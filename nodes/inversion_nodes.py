@@ -29,7 +29,7 @@ from ..p2p_core.inversion import NullTextSettings, ddim_invert, direct_targets, 
 from .edit_nodes import CATEGORY
 from .patch import INVERSION_KEY as KEY
 from .patch import KEY as EDIT_KEY
-from .patch import attach
+from .patch import attach, same_rows
 from .sampler_run import sampler_name, sampler_step
 from .text import encode_prompt
 from .unet import transformer_levels
@@ -44,6 +44,9 @@ class Inversion:
 
     mode: str
     prompt: str
+    positive: torch.Tensor
+    """The conditioning the image was inverted with ([1, tokens, width])."""
+    cfg: float
     scheduler: str
     sigmas: tuple[float, ...]
     latent_shape: tuple[int, ...]
@@ -74,8 +77,19 @@ class InversionPatch:
                       {wrappers.APPLY_MODEL: self.apply_model, wrappers.OUTER_SAMPLE: self.outer_sample})
 
     def outer_sample(self, executor, noise, latent_image, sampler, sigmas, *args, **kwargs):
-        """The sampler must replay the inversion: same schedule, no added noise, an euler/ddim step."""
-        inv = self.inversion
+        """The sampler must replay the inversion: same schedule, no added noise, an euler/ddim step, the same
+        guidance for null-text, and the conditioning the image was inverted with as the first positive row."""
+        inv, guider = self.inversion, executor.class_obj
+        if inv.mode == "null-text" and abs(guider.cfg - inv.cfg) > 1e-6:
+            raise PromptToPromptError(
+                f"NullTextInvert optimised the image's null-text embeddings for cfg {inv.cfg:g}, but the sampler runs "
+                f"cfg {guider.cfg:g}, which reconstructs the photo worse. Set the sampler's cfg to {inv.cfg:g}.")
+        positive = [entry.get("cross_attn") for entry in guider.conds.get("positive", [])]
+        if not positive or positive[0] is None or not same_rows(positive[0][:1], inv.positive):
+            raise PromptToPromptError(
+                f"The sampler's positive conditioning does not start with the prompt the image was inverted with "
+                f"('{inv.prompt}'). Connect the edit node's positive output (or CLIP Text Encode of that prompt) to "
+                "the sampler.")
         schedule = sigmas.tolist()
         if len(schedule) != len(inv.sigmas) or not torch.allclose(torch.tensor(schedule), torch.tensor(inv.sigmas),
                                                                     rtol=1e-4, atol=1e-6):
@@ -340,8 +354,8 @@ class NullTextInvert:
                 if worker is not model:  # the shared UNet gets its own parameters back, even after an interrupt
                     worker.eject_model()
         comfy.model_management.soft_empty_cache()
-        inversion = Inversion(mode, prompt, scheduler, tuple(sigmas.tolist()), tuple(samples.shape),
-                              sampler.uncond, sampler.uncond_y, sampler.targets)
+        inversion = Inversion(mode, prompt, positive[0][0].detach().clone(), cfg, scheduler, tuple(sigmas.tolist()),
+                              tuple(samples.shape), sampler.uncond, sampler.uncond_y, sampler.targets)
         return InversionPatch(inversion).install(model), {"samples": inverted.detach().cpu()}
 
 

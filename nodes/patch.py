@@ -172,7 +172,7 @@ class EditPatch:
             return
         texts = [self.plan.source.text] + [row.prompt.text for row in self.plan.rows]
         actual = [entry.get("cross_attn") for entry in positive]
-        if len(actual) != 1 or not _same_rows(actual[0], self.positive):
+        if len(actual) != 1 or not same_rows(actual[0], self.positive):
             raise PromptToPromptError(
                 f"The sampler's positive conditioning is not the one this Prompt-to-Prompt node made, whose rows "
                 f"are its prompts ({'; '.join(repr(t) for t in texts)}). Connect the node's positive output to "
@@ -215,8 +215,8 @@ class EditPatch:
                 f"Local blend recorded no attention maps at level 1/{blend.level} by step {step}: the sampled "
                 "latent has no layer at that level. Choose another level on LocalBlendMask.")
         maps = [recorder.blend.mean(row) for row in range(self.plan.num_rows)]
-        recorder.blend.masks = blend_masks(blend, maps, tuple(x.shape[-2:]))
-        return blend_rows(denoised, recorder.blend.masks)
+        recorder.masks.current = blend_masks(blend, maps, tuple(x.shape[-2:]))
+        return blend_rows(denoised, recorder.masks.current)
 
     # --- per model call ----------------------------------------------------------------------------------
 
@@ -347,7 +347,7 @@ class EditPatch:
         return record, recorder
 
 
-def _same_rows(actual: torch.Tensor | None, expected: torch.Tensor) -> bool:
+def same_rows(actual: torch.Tensor | None, expected: torch.Tensor) -> bool:
     """Whether a conditioning tensor holds the expected rows (its text axis may be tiled, as ComfyUI does)."""
     if actual is None or actual.shape[0] != expected.shape[0] or actual.shape[2] != expected.shape[2]:
         return False

@@ -124,6 +124,9 @@ def register_routes() -> None:
     server = getattr(PromptServer, "instance", None)
     if server is None:
         return
+    if any(getattr(route, "path", None) == ROUTE for route in server.routes):
+        return  # another copy of the pack (an old folder beside a Manager install) registered it: aiohttp
+        # would refuse to start the server with the route twice
 
     @server.routes.post(ROUTE)
     async def tokens(request: web.Request) -> web.Response:

@@ -100,25 +100,13 @@ def self_attention_components(maps: torch.Tensor, count: int, size: tuple[int, i
     return torch.nn.functional.interpolate(top, size=size, mode="bilinear", align_corners=False)[:, 0].clamp(0, 1)
 
 
-class BlendAccumulator(MapAccumulator):
-    """The blend level's maps over every step, and the masks the local blend used last (which the final latent
-    is blended with, and Show Attention shows)."""
+class MaskHolder:
+    """The masks the local blend used last ([edited rows, H, W]): the final latent is blended with them and Show
+    Attention shows them. One holder is shared by every recorder of a chain of nodes, so a store chained before
+    a blend sees its masks too."""
 
-    def __init__(self, level: int) -> None:
-        super().__init__(level)
-        self.masks: torch.Tensor | None = None
-
-    def reset(self) -> None:
-        super().reset()
-        self.masks = None
-
-    def state(self) -> tuple:
-        return super().state(), None if self.masks is None else self.masks.clone()
-
-    def load(self, state: tuple) -> None:
-        maps, masks = state
-        super().load(maps)
-        self.masks = None if masks is None else masks.clone()
+    def __init__(self) -> None:
+        self.current: torch.Tensor | None = None
 
 
 class Recorder:
@@ -131,11 +119,12 @@ class Recorder:
     schedule) resumes, so the maps and masks are those of one run.
     """
 
-    def __init__(self, store: MapAccumulator | None = None, blend: BlendAccumulator | None = None,
-                 self_store: MapAccumulator | None = None) -> None:
+    def __init__(self, store: MapAccumulator | None = None, blend: MapAccumulator | None = None,
+                 self_store: MapAccumulator | None = None, masks: MaskHolder | None = None) -> None:
         self.store = store
         self.blend = blend
         self.self_store = self_store
+        self.masks = masks if masks is not None else MaskHolder()
         self.checkpoints: dict[tuple[int, int], tuple] = {}
 
     def __deepcopy__(self, memo: dict) -> Recorder:
@@ -146,11 +135,11 @@ class Recorder:
         """A recorder with these accumulators added (or replaced) that shares the others, so nodes chained
         before it (a store before a blend, or the reverse) see everything the sampled model records."""
         current = {"store": self.store, "blend": self.blend, "self_store": self.self_store}
-        return Recorder(**{**current, **accumulators})
+        return Recorder(**{**current, **accumulators}, masks=self.masks)
 
     @property
     def last_masks(self) -> torch.Tensor | None:
-        return None if self.blend is None else self.blend.masks
+        return self.masks.current
 
     def _accumulators(self) -> tuple[MapAccumulator, ...]:
         return tuple(a for a in (self.store, self.blend, self.self_store) if a is not None)
@@ -158,19 +147,23 @@ class Recorder:
     def reset(self) -> None:
         for accumulator in self._accumulators():
             accumulator.reset()
+        self.masks.current = None
         self.checkpoints.clear()
 
     def checkpoint(self, step: int, steps: int) -> None:
         """Remember what was recorded before `step` of a `steps`-step trajectory."""
-        self.checkpoints[(step, steps)] = tuple(a.state() for a in self._accumulators())
+        masks = None if self.masks.current is None else self.masks.current.clone()
+        self.checkpoints[(step, steps)] = tuple(a.state() for a in self._accumulators()), masks
 
     def resume(self, step: int, steps: int) -> bool:
         """Restore the checkpoint at `step`, if a run stopped there; False when there is none."""
         saved = self.checkpoints.get((step, steps))
         if saved is None:
             return False
-        for accumulator, state in zip(self._accumulators(), saved):
+        states, masks = saved
+        for accumulator, state in zip(self._accumulators(), states):
             accumulator.load(state)
+        self.masks.current = None if masks is None else masks.clone()
         return True
 
     @property

@@ -6,7 +6,6 @@ from p2p_core.errors import PromptToPromptError
 from p2p_core.render import colorize, overlay
 from p2p_core.schedule import Window
 from p2p_core.store import (
-    BlendAccumulator,
     MapAccumulator,
     Recorder,
     self_attention_components,
@@ -38,7 +37,7 @@ def test_accumulator_averages_over_layers_heads_and_steps():
 
 
 def test_recorder_records_only_inside_each_window():
-    store, blend = MapAccumulator(4, Window(0.5, 1.0)), BlendAccumulator(4)
+    store, blend = MapAccumulator(4, Window(0.5, 1.0)), MapAccumulator(4)
     recorder = Recorder(store, blend)
     assert recorder.recording(0, 10) == (blend,) and recorder.recording(5, 10) == (store, blend)
     assert recorder.recording_self(5, 10) == ()
@@ -116,23 +115,24 @@ def test_extended_recorders_share_what_they_record():
     records, the blend masks included."""
     store, self_store = MapAccumulator(4), MapAccumulator(4)
     first = Recorder(store=store, self_store=self_store)
-    second = first.extended(blend=BlendAccumulator(4))
+    second = first.extended(blend=MapAccumulator(4))
     assert second.store is store and second.self_store is self_store and first.blend is None
-    third = Recorder(blend=BlendAccumulator(4)).extended(store=store, self_store=self_store)
-    third.blend.masks = torch.ones(1, 2, 2, dtype=torch.bool)
-    assert third.last_masks is not None and third.store is store
+    second.masks.current = torch.ones(1, 2, 2, dtype=torch.bool)
+    assert first.last_masks is not None  # the store's recorder shows the blend's masks
+    third = Recorder(blend=MapAccumulator(4)).extended(store=store, self_store=self_store)
+    assert third.store is store and third.blend is not None
 
 
 def test_a_checkpoint_resumes_exactly_what_was_recorded():
-    recorder = Recorder(store=MapAccumulator(2), blend=BlendAccumulator(2))
+    recorder = Recorder(store=MapAccumulator(2), blend=MapAccumulator(2))
     maps = torch.rand(2, 6, 5).softmax(-1)
     recorder.store.add(0, maps, (2, 3))
     recorder.blend.add(0, maps, (2, 3))
-    recorder.blend.masks = torch.tensor([[[True, False]]])
+    recorder.masks.current = torch.tensor([[[True, False]]])
     recorder.checkpoint(4, 10)
     before = recorder.store.mean(0).clone()
     recorder.store.add(0, torch.rand(2, 6, 5).softmax(-1), (2, 3))
-    recorder.blend.masks = None
+    recorder.masks.current = None
     assert not recorder.resume(5, 10)
     assert recorder.resume(4, 10)
     assert torch.equal(recorder.store.mean(0), before) and recorder.store.counts[0] == 2

@@ -33,7 +33,7 @@ def tiny_bundle(family: str, seed: int = 0) -> tuple[Any, Any, Any]:
     """
     key = (family, seed)
     if key not in _BUNDLES:
-        clip_family = "sd1" if family == "flux" else family
+        clip_family = "sd1" if family in ("flux", "sd1_deep") else family
         _BUNDLES[key] = (tiny.make_model(family, seed), tiny.make_clip(clip_family, seed), tiny.make_vae(seed))
     return _BUNDLES[key]
 

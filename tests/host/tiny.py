@@ -26,8 +26,9 @@ if TYPE_CHECKING:
 COMFYUI_ENV = "COMFYUI_PATH"
 SKIP_REASON = "host tests need COMFYUI_PATH pointing at a ComfyUI checkout (see README)"
 
-#: Families accepted by :func:`make_model`; :func:`make_clip` accepts the first three.
-FAMILIES = ("sd1", "sd2", "sdxl", "flux")
+#: Families accepted by :func:`make_model`; :func:`make_clip` accepts the first three. "sd1_deep" has SD1.5's
+#: four levels (attention at 1/1, 1/2, 1/4 and the middle at 1/8) and uses the sd1 CLIP.
+FAMILIES = ("sd1", "sd2", "sdxl", "flux", "sd1_deep")
 UNET_FAMILIES = ("sd1", "sd2", "sdxl")
 
 # --- tiny configs -------------------------------------------------------------------
@@ -75,6 +76,15 @@ _SD1_UNET: dict[str, Any] = {
     "context_dim": CLIP_HIDDEN,
     "use_linear_in_transformer": False,
     "adm_in_channels": None,
+}
+
+# SD1 with SD1.5's levels: attention at 1/1, 1/2 and 1/4, none at 1/8 but in the middle block there.
+_SD1_DEEP_UNET: dict[str, Any] = {
+    **_SD1_UNET,
+    "channel_mult": [1, 1, 1, 1],
+    "num_res_blocks": [1, 1, 1, 1],
+    "transformer_depth": [1, 1, 1, 0],
+    "transformer_depth_output": [0, 0, 1, 1, 1, 1, 1, 1],
 }
 
 # SD2: same layout, linear proj_in/out, dim_head fixed (16) as SD2 fixes 64 -> 2 / 4 heads.
@@ -249,10 +259,11 @@ def _config_classes() -> dict[str, type]:
     class TinySDXL(sm.SDXL):
         unet_extra_config = {**sm.SDXL.unet_extra_config, "num_head_channels": 16}
 
-    return {"sd1": TinySD15, "sd2": TinySD20, "sdxl": TinySDXL, "flux": sm.Flux}
+    return {"sd1": TinySD15, "sd1_deep": TinySD15, "sd2": TinySD20, "sdxl": TinySDXL, "flux": sm.Flux}
 
 
-_UNET_CONFIGS: dict[str, dict[str, Any]] = {"sd1": _SD1_UNET, "sd2": _SD2_UNET, "sdxl": _SDXL_UNET, "flux": _FLUX_DIT}
+_UNET_CONFIGS: dict[str, dict[str, Any]] = {"sd1": _SD1_UNET, "sd1_deep": _SD1_DEEP_UNET, "sd2": _SD2_UNET,
+                                            "sdxl": _SDXL_UNET, "flux": _FLUX_DIT}
 
 
 def _model_config(family: str) -> Any:
@@ -277,7 +288,7 @@ def make_model(family: str, seed: int = 0, dtype: torch.dtype = torch.float32) -
 
     config = _model_config(family)
     device = torch.device("cpu")
-    if family == "sd1":
+    if family in ("sd1", "sd1_deep"):
         model = mb.BaseModel(config, model_type=mb.ModelType.EPS, device=device)
     elif family == "sd2":
         model = mb.BaseModel(config, model_type=mb.ModelType.V_PREDICTION, device=device)
