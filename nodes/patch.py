@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 import comfy.patcher_extension
 import torch
 
-from ..p2p_core.attention import cross_attention, edited_row_pairs, record_self_attention, shared_self_attention
+from ..p2p_core.attention import cross_attention, edited_row_pairs, record_self_attention, shared_queries_keys
 from ..p2p_core.blend import BlendSpec, blend_masks, blend_rows
 from ..p2p_core.edits import EditPlan, StepEdit
 from ..p2p_core.errors import PromptToPromptError
@@ -306,12 +306,15 @@ class EditPatch:
                                recorder=recorder)
 
     def self_attention(self, q, k, v, heads, state: CallState, options: dict, fused):
+        """Self-attention with the source's maps for the rows that share it here; a recorded row's maps are the
+        ones it attends with (the source's, while shared, as the official store keeps them)."""
+        pairs = [(source, row) for source, row, i in self.row_pairs(options, q.shape[0])
+                 if state.shares_self[i] and self.plan.rows[i].shares_self_attention_at(state.cursor.level)]
+        q, k = shared_queries_keys(q, k, pairs)
         record, recorder = self.recorder_at(state.recording_self, state.cursor.level, options, q.shape[0])
         if recorder is not None:
             record_self_attention(q, k, heads, [row for row, _ in record], recorder)
-        pairs = [(source, row) for source, row, i in self.row_pairs(options, q.shape[0])
-                 if state.shares_self[i] and self.plan.rows[i].shares_self_attention_at(state.cursor.level)]
-        return shared_self_attention(q, k, v, heads, pairs, fused)
+        return fused(q, k, v, heads)
 
     def row_pairs(self, options: dict, batch: int) -> list[tuple[int, int, int]]:
         if not self.plan.rows:

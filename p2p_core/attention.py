@@ -141,7 +141,7 @@ def record_self_attention(q: torch.Tensor, k: torch.Tensor, heads: int, rows: Se
                           recorder: Callable[[int, torch.Tensor], None]) -> None:
     """Pass `recorder(row, map)` each row's self-attention maps, one head at a time ([1, N, N], fp32).
 
-    The sampling path never builds these N x N maps (see shared_self_attention); only a recorded level
+    The sampling path never builds these N x N maps (see shared_queries_keys); only a recorded level
     does, and head by head, so a single map is alive at a time.
     """
     check_self_map_pixels(q.shape[1])
@@ -152,19 +152,17 @@ def record_self_attention(q: torch.Tensor, k: torch.Tensor, heads: int, rows: Se
             recorder(row, probabilities(q[row, :, columns], k[row, :, columns], 1))
 
 
-def shared_self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
-                          pairs: Sequence[tuple[int, int]], attention: AttentionFn,
-                          **attention_kwargs) -> torch.Tensor:
-    """Self-attention where each (source row, edited row) pair gives the edited row the source's map.
+def shared_queries_keys(q: torch.Tensor, k: torch.Tensor,
+                        pairs: Sequence[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Queries and keys where each (source row, edited row) pair gives the edited row the source's.
 
-    Only queries and keys are swapped; values stay the edited row's own, as in the paper. One fused-kernel
-    call for the whole batch, no N x N tensor.
+    With them a row's self-attention map is the source's (the paper's injection) while its values stay its own:
+    one fused-kernel call for the whole batch then computes softmax(Q_src K_src^T) V_edit, no N x N tensor.
     """
-    if pairs:
-        index = torch.arange(q.shape[0])
-        for source, row in pairs:
-            index[row] = source
-        index = index.to(q.device)
-        q = q.index_select(0, index)
-        k = k.index_select(0, index)
-    return attention(q, k, v, heads, **attention_kwargs)
+    if not pairs:
+        return q, k
+    index = torch.arange(q.shape[0])
+    for source, row in pairs:
+        index[row] = source
+    index = index.to(q.device)
+    return q.index_select(0, index), k.index_select(0, index)

@@ -9,7 +9,7 @@ from p2p_core.attention import (
     edited_row_pairs,
     fold_tokens,
     record_self_attention,
-    shared_self_attention,
+    shared_queries_keys,
     unfold_tokens,
 )
 from p2p_core.edits import StepEdit
@@ -120,16 +120,15 @@ def test_half_precision_edits_in_fp32_and_returns_half():
     assert torch.allclose(out[1].float(), ref[1], atol=2e-3)
 
 
-def test_shared_self_attention_uses_source_queries_and_keys_with_own_values():
+def test_shared_queries_and_keys_give_the_source_map_with_own_values():
     q, k, v = qkv(3, tokens=N)
-    calls = []
-    spy = lambda *a, **kw: calls.append(a[0].shape) or sdpa(*a, **kw)
-    out = shared_self_attention(q, k, v, HEADS, [(0, 2)], spy)
+    shared_q, shared_k = shared_queries_keys(q, k, [(0, 2)])
+    out = sdpa(shared_q, shared_k, v, HEADS)  # one fused call, no N x N map built
     p, _ = explicit(q, k, v, HEADS)
     expected = (p[0] @ v[2].reshape(N, HEADS, DIM).transpose(0, 1).double()).transpose(0, 1).reshape(N, -1)
     assert torch.allclose(out[2].double(), expected, atol=1e-5)
     assert torch.allclose(out[:2], sdpa(q, k, v, HEADS)[:2], atol=1e-6)
-    assert calls == [torch.Size([3, N, HEADS * DIM])]  # one fused call, no N x N map built here
+    assert shared_queries_keys(q, k, []) == (q, k)
 
 
 def test_recorded_self_attention_is_each_heads_softmax_one_head_at_a_time():

@@ -212,3 +212,19 @@ def test_stored_maps_of_an_edited_row_are_the_injected_ones(p2p, sd1):
     assert torch.allclose(source, edited, atol=1e-6)
     source, edited = recorded(0.0)
     assert not torch.allclose(source, edited, atol=1e-3)
+
+
+def test_stored_self_attention_of_a_sharing_row_is_the_sources(p2p, sd1):
+    model, clip = sd1
+
+    def recorded(self_steps):
+        edited, _, _ = replace(p2p, model, clip, cross=0.0, self_=self_steps, self_attention_layers="all")
+        stored, positive, latent, record = p2p["AttentionStore"]().apply(edited, clip, "", "1/2", 0.0, 1.0, 64, 64,
+                                                                         True)
+        ksample(stored, clip, positive, latent)
+        return record.recorder.self_store.mean(0), record.recorder.self_store.mean(1)
+
+    source, edited = recorded(1.0)
+    assert torch.allclose(source, edited, atol=1e-6)
+    source, edited = recorded(0.0)
+    assert not torch.allclose(source, edited, atol=1e-3)
