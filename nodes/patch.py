@@ -24,7 +24,7 @@ from ..p2p_core.edits import EditPlan, StepEdit
 from ..p2p_core.errors import PromptToPromptError
 from ..p2p_core.store import MapAccumulator, Recorder
 from ..p2p_core.trajectory import StepClock, Trajectory
-from .sampler_run import CORRECTOR_SAMPLERS, check_sampler, sampler_name, whole_trajectory
+from .sampler_run import CORRECTOR_SAMPLERS, sampler_name, shared_noise_sampler, whole_trajectory
 from .text import batch_conditioning
 from .unet import LayerKey, transformer_levels
 
@@ -116,6 +116,7 @@ class EditPatch:
         wrappers = comfy.patcher_extension.WrappersMP
         return attach(clone, KEY, state, {wrappers.APPLY_MODEL: patch.apply_model,
                                            wrappers.PREDICT_NOISE: patch.predict_noise,
+                                           wrappers.SAMPLER_SAMPLE: patch.sampler_sample,
                                            wrappers.OUTER_SAMPLE: patch.outer_sample})
 
     def __deepcopy__(self, memo: dict) -> EditPatch:
@@ -129,7 +130,7 @@ class EditPatch:
         """Check the wiring, place the run in its whole trajectory, and record and blend across it."""
         guider = executor.class_obj
         if self.plan.rows:
-            self.check_lockstep(noise, sampler)
+            self.check_lockstep(noise)
         self.check_positive(guider.conds.get("positive", []))
         model_sampling = guider.model_patcher.get_model_object("model_sampling")
         continuation = not bool(noise.any())
@@ -153,8 +154,7 @@ class EditPatch:
             out = blend_rows(out, recorder.last_masks)
         return out
 
-    def check_lockstep(self, noise: torch.Tensor, sampler) -> None:
-        check_sampler(sampler)
+    def check_lockstep(self, noise: torch.Tensor) -> None:
         rows = self.plan.num_rows
         if noise.shape[0] != rows:
             raise PromptToPromptError(
@@ -193,6 +193,20 @@ class EditPatch:
                 f"attention maps of steps 0-{trajectory.offset - 1}, which the local blend and the attention store "
                 "need, were not recorded. Sample the first steps with the same Prompt-to-Prompt model in the same "
                 "graph (or the whole schedule in one sampler).")
+
+    def sampler_sample(self, executor, guider, sigmas, extra_args, callback, noise, *args, **kwargs):
+        """Ancestral and SDE samplers: every row of an edit gets the same step noise (see shared_noise_sampler).
+        The sampler object is given the noise sampler for this run only."""
+        sampler = executor.class_obj
+        shared = shared_noise_sampler(sampler, noise, sigmas, extra_args.get("seed")) if self.plan.rows else None
+        if shared is None:
+            return executor(guider, sigmas, extra_args, callback, noise, *args, **kwargs)
+        options = sampler.extra_options
+        sampler.extra_options = {**options, "noise_sampler": shared}
+        try:
+            return executor(guider, sigmas, extra_args, callback, noise, *args, **kwargs)
+        finally:
+            sampler.extra_options = options
 
     def predict_noise(self, executor, x, timestep, model_options={}, seed=None):
         """Find this evaluation's step of the whole trajectory, and apply local blend as ComfyUI's inpainting

@@ -1,4 +1,4 @@
-"""What a ComfyUI sampler run is: its sampler's name and its place in the whole trajectory.
+"""What a ComfyUI sampler run is: its sampler's name, its place in the whole trajectory, and its step noise.
 
 The trajectory search itself is p2p_core's (`trajectory.locate_run`); here it is given ComfyUI's schedulers, the
 way KSampler computes its sigmas (samplers that discard the penultimate sigma), and a cache, since a sampler run
@@ -7,8 +7,11 @@ of the same schedule always lies in the same place.
 
 from __future__ import annotations
 
+import inspect
 from collections import OrderedDict
+from typing import Callable
 
+import comfy.k_diffusion.sampling as k_diffusion_sampling
 import comfy.samplers
 import torch
 
@@ -76,16 +79,37 @@ def sampler_step(sigma: float, transformer_options: dict) -> int:
     return step_index(sigma, schedule.tolist())
 
 
-STOCHASTIC_SAMPLERS = {"ddpm", "lcm", "seeds_2", "seeds_3", "sa_solver", "sa_solver_pece"}
-DETERMINISTIC_ADVICE = "euler, ddim, heun, dpm_2, lms, dpmpp_2m, ipndm, deis, uni_pc or res_multistep"
+BROWNIAN_TREE = {"dpmpp_sde": True, "dpmpp_2m_sde": True, "dpmpp_2m_sde_heun": True, "dpmpp_3m_sde": True,
+                 "dpmpp_sde_gpu": False, "dpmpp_2m_sde_gpu": False, "dpmpp_2m_sde_heun_gpu": False,
+                 "dpmpp_3m_sde_gpu": False}
+"""The SDE samplers that draw their step noise from a Brownian tree by default, and whether it lives on the CPU
+(their '_gpu' variants put it on the latent's device)."""
 
 
-def check_sampler(sampler) -> None:
-    """Ancestral and SDE samplers add fresh noise per row each step, so the rows drift apart."""
+def shared_noise_sampler(sampler, noise: torch.Tensor, sigmas: torch.Tensor,
+                         seed: int | None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
+    """A step-noise sampler that gives every row of the batch the same noise, or None for a sampler that adds
+    none.
+
+    Ancestral and SDE samplers draw fresh noise for the whole batch at every step, so the rows of an edit would
+    drift apart. This one draws it as the sampler itself would for a batch of one with the same seed (ComfyUI's
+    default generator, or the Brownian tree of the SDE samplers) and gives it to every row: the source row then
+    samples exactly as the source prompt alone does. A noise sampler set by a sampler node's own options is
+    kept, and its first row shared.
+    """
+    function = getattr(sampler, "sampler_function", None)
+    if function is None or "noise_sampler" not in inspect.signature(function).parameters:
+        return None
+    given = getattr(sampler, "extra_options", {}).get("noise_sampler")
+    one = noise[:1]
     name = sampler_name(sampler)
-    eta = getattr(sampler, "extra_options", {}).get("eta")
-    stochastic = "ancestral" in name or "sde" in name or name in STOCHASTIC_SAMPLERS
-    if stochastic and eta != 0:
-        raise PromptToPromptError(
-            f"The '{name}' sampler adds new random noise at every step, different for each row, so the "
-            f"edited image would drift away from the source. Use a deterministic sampler: {DETERMINISTIC_ADVICE}.")
+    if given is not None:
+        def base(sigma, sigma_next):
+            return given(sigma, sigma_next)[:1]
+    elif name in BROWNIAN_TREE:
+        base = k_diffusion_sampling.BrownianTreeNoiseSampler(one, sigmas[sigmas > 0].min(), sigmas.max(), seed=seed,
+                                                              cpu=BROWNIAN_TREE[name])
+    else:
+        base = k_diffusion_sampling.default_noise_sampler(one, seed=seed)
+    rows = noise.shape[0]
+    return lambda sigma, sigma_next: base(sigma, sigma_next).repeat(rows, *([1] * (noise.dim() - 1)))

@@ -67,13 +67,6 @@ def test_rows_with_different_noise(p2p, sd1, error):
         ksample(model, sd1[1], positive, latent)
 
 
-@pytest.mark.parametrize("sampler", ["euler_ancestral", "dpmpp_2m_sde", "dpmpp_sde", "lcm"])
-def test_stochastic_samplers_are_refused_with_the_alternatives(p2p, sd1, error, sampler):
-    model, positive, latent = replace(p2p, *sd1)
-    with pytest.raises(error, match=f"'{sampler}' sampler.*deterministic sampler: euler, ddim"):
-        ksample(model, sd1[1], positive, latent, sampler=sampler)
-
-
 def test_unsupported_model_family(p2p, error):
     model, clip, _ = executor.tiny_bundle("flux")
     with pytest.raises(error, match="this model is Flux.*SD1.x, SD2.x or SDXL"):
