@@ -56,3 +56,12 @@ def error() -> type[Exception]:
     import pack
 
     return pack.error_type()
+
+
+@pytest.fixture(scope="module")
+def sd1() -> tuple:
+    """The tiny SD1-shaped model and its CLIP (cached, shared by the tests that use them)."""
+    import executor
+
+    model, clip, _ = executor.tiny_bundle("sd1")
+    return model, clip

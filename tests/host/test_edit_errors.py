@@ -11,12 +11,6 @@ tiny.import_comfy()
 import nodes  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def sd1():
-    model, clip, _ = executor.tiny_bundle("sd1")
-    return model, clip
-
-
 def replace(p2p, model, clip, source="a cat riding a bicycle", target="a dog riding a bicycle", **kwargs):
     return p2p["ReplaceEdit"]().apply(model, clip, source, target, 0.8, 0.4, 64, 64, **kwargs)
 

@@ -3,7 +3,6 @@ batch of one, so the identities of deterministic sampling hold for every stochas
 
 from __future__ import annotations
 
-import executor
 import pytest
 import tiny
 import torch
@@ -22,12 +21,6 @@ STOCHASTIC = ["euler_ancestral", "euler_ancestral_cfg_pp", "dpm_2_ancestral", "d
               "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm", "lcm",
               "res_multistep_ancestral", "res_multistep_ancestral_cfg_pp", "er_sde", "seeds_2", "seeds_3",
               "sa_solver", "sa_solver_pece"]
-
-
-@pytest.fixture(scope="module")
-def sd1():
-    model, clip, _ = executor.tiny_bundle("sd1")
-    return model, clip
 
 
 def encode(clip, text):

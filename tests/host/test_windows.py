@@ -18,12 +18,6 @@ SOURCE, TARGET = "a cat riding a bicycle", "a dog riding a bicycle"
 STEPS, CFG, SEED = 10, 5.0, 7
 
 
-@pytest.fixture(scope="module")
-def sd1():
-    model, clip, _ = executor.tiny_bundle("sd1")
-    return model, clip
-
-
 def negative(clip):
     return nodes.CLIPTextEncode().encode(clip, "blurry")[0]
 

@@ -17,12 +17,6 @@ SOURCE, TARGET = "a cat riding a bicycle", "a dog riding a bicycle"
 CFG = 5.0
 
 
-@pytest.fixture(scope="module")
-def sd1():
-    model, clip, _ = executor.tiny_bundle("sd1")
-    return model, clip
-
-
 def encode(clip, text):
     return nodes.CLIPTextEncode().encode(clip, text)[0]
 
