@@ -83,8 +83,9 @@ class CallState:
 
 
 class EditPatch:
-    """The attention override, patches and wrappers of one state. Immutable apart from the recorder it fills,
-    so clones of the model may share it."""
+    """The attention override, patches and wrappers of one state. Clones of the model share it (the plan never
+    changes); what it keeps across runs, the recorder's maps and the trajectories of runs that stopped partway,
+    serves a later run that continues them."""
 
     def __init__(self, state: EditState, levels: dict[LayerKey, int]) -> None:
         self.state = state
