@@ -82,3 +82,19 @@ def test_global_alignment_ties_prefer_the_latest_match():
     # x = [1], y = [1, 1]: both y tokens could take x's 1; the official traceback (left first from the
     # end) inserts the last y token and aligns the first.
     assert global_alignment((1,), (1, 1)) == [(0, 0)]
+
+
+def test_refine_maps_padding_column_j_to_source_column_j_as_the_official_code(tok):
+    """The official alignment runs over start, words and end; padding column j then takes source column j."""
+    source, target = prompt("a house in the snow", tok), prompt("a wooden house in the snow", tok)  # +2 tokens
+    m = refine_mapping(source, target)
+    assert sources_of(m, 8) == {6: 1.0}  # the end token follows its aligned end token
+    assert all(sources_of(m, j) == {j: 1.0} for j in range(9, 77))  # padding is not shifted
+
+
+def test_refine_after_a_deletion_leaves_padding_that_lands_on_source_words_on_its_own_maps(tok):
+    source, target = prompt("a big wooden house", tok), prompt("a house", tok)  # 3 tokens fewer
+    m = refine_mapping(source, target)
+    assert sources_of(m, 3) == {6: 1.0}  # end token -> end token
+    assert not bool(m.mapped[4:7].any())  # source columns 4 to 6 are 'wooden', 'house' and the end token
+    assert all(sources_of(m, j) == {j: 1.0} for j in range(7, 77))
