@@ -99,7 +99,19 @@ def finish(model, state: EditState, width: int, height: int, latent: dict | None
 
 
 def edit_latent(model, latent: dict | None, rows: int, width: int, height: int) -> dict:
-    """One image latent repeated to `rows` rows with a shared batch index, so every row gets the same noise."""
+    """One image latent repeated to `rows` rows with a shared batch index, so every row gets the same noise.
+
+    After NullTextInvert the latent must be the inverted one: an empty latent, or the photo's own, would
+    sample another picture without a word.
+    """
+    inversion = model.get_attachment(INVERSION_KEY)
+    if inversion is not None:
+        if latent is None:
+            raise PromptToPromptError(
+                "This model carries an inverted photo, but this node's latent input is not connected, so it would "
+                "sample an empty latent instead of the photo. Connect NullTextInvert's LATENT output to this node's "
+                "latent input (in a chain of edit nodes, the LATENT of the node before).")
+        inversion.check_latent(latent["samples"])
     if latent is None:
         channels = model.get_model_object("latent_format").latent_channels
         samples, batch_index, extra = torch.zeros([1, channels, height // 8, width // 8]), 0, {}

@@ -43,7 +43,7 @@ class Inversion:
     prompt: str
     scheduler: str
     sigmas: tuple[float, ...]
-    latent_shape: tuple[int, ...]
+    latent: torch.Tensor
     uncond: tuple[torch.Tensor, ...] = ()
     uncond_y: torch.Tensor | None = None
     targets: tuple[torch.Tensor, ...] = ()
@@ -51,6 +51,20 @@ class Inversion:
     @property
     def steps(self) -> int:
         return len(self.sigmas) - 1
+
+    def check_latent(self, samples: torch.Tensor) -> None:
+        """Refuse a latent whose rows are not the inverted noise: anything else samples another picture."""
+        if tuple(samples.shape[1:]) != tuple(self.latent.shape[1:]):
+            raise PromptToPromptError(
+                f"The latent is {tuple(samples.shape[-2:])} but NullTextInvert inverted one of "
+                f"{tuple(self.latent.shape[-2:])}; connect NullTextInvert's LATENT (through the edit node) to the "
+                "sampler.")
+        reference = self.latent.to(samples).expand_as(samples)
+        if not torch.allclose(samples, reference, rtol=1e-4, atol=1e-4 * max(1.0, float(reference.abs().max()))):
+            raise PromptToPromptError(
+                "The latent is not the one NullTextInvert inverted, so sampling would not start from the photo. "
+                "Connect NullTextInvert's LATENT output to the edit node's latent input and the edit node's "
+                "LATENT to the sampler (without an edit node, NullTextInvert's LATENT to the sampler).")
 
     def __deepcopy__(self, memo: dict) -> Inversion:
         return self
@@ -85,10 +99,7 @@ class InversionPatch:
             raise PromptToPromptError(
                 "The sampler adds noise to the inverted latent. Sample it with add_noise disabled: KSamplerAdvanced "
                 "with add_noise 'disable', or SamplerCustomAdvanced with DisableNoise.")
-        if tuple(latent_image.shape[1:]) != inv.latent_shape[1:]:
-            raise PromptToPromptError(
-                f"The latent is {tuple(latent_image.shape[-2:])} but NullTextInvert inverted one of "
-                f"{inv.latent_shape[-2:]}; connect NullTextInvert's LATENT (through the edit node) to the sampler.")
+        inv.check_latent(latent_image)
         if sampler_name(sampler) not in INVERTIBLE_SAMPLERS:
             raise PromptToPromptError(
                 f"An inverted image must be sampled with the ddim or euler sampler, which the inversion retraces; "
@@ -282,9 +293,10 @@ class NullTextInvert:
                 if worker is not model:  # the shared UNet gets its own parameters back, even after an interrupt
                     worker.eject_model()
         comfy.model_management.soft_empty_cache()
-        inversion = Inversion(mode, prompt, scheduler, tuple(sigmas.tolist()), tuple(samples.shape),
-                              sampler.uncond, sampler.uncond_y, sampler.targets)
-        return InversionPatch(inversion).install(model), {"samples": inverted.detach().cpu()}
+        inverted = inverted.detach().cpu()
+        inversion = Inversion(mode, prompt, scheduler, tuple(sigmas.tolist()), inverted, sampler.uncond,
+                              sampler.uncond_y, sampler.targets)
+        return InversionPatch(inversion).install(model), {"samples": inverted}
 
 
 def _conditioning(encoded: tuple[torch.Tensor, dict]) -> list:
