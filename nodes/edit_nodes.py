@@ -72,9 +72,11 @@ WORD_WINDOWS = ("STRING", {
                "'dog: 0.4, tail: 0.2-0.6' (an end fraction, or start-end)."})
 
 
-def start_or_continue(model, clip, source_prompt: str) -> EditState:
+def start_or_continue(model, clip, source_prompt: str, role: str = "source prompt",
+                      fix: str = "write the prompt the edit should start from") -> EditState:
     """The plan carried by `model`, or a new one starting from `source_prompt` (by default, after
-    NullTextInvert, the prompt the image was inverted with)."""
+    NullTextInvert, the prompt the image was inverted with). `role` and `fix` name the node's prompt input
+    and what to write in it, for the message about an empty one."""
     state: EditState | None = model.get_attachment(KEY)
     if state is not None:
         check_source(state.plan, source_prompt)
@@ -87,7 +89,7 @@ def start_or_continue(model, clip, source_prompt: str) -> EditState:
                 f"('{inversion.prompt}'); leave the source prompt empty to use it, or make it the same.")
         source_prompt = inversion.prompt
     transformer_levels(model)  # fail early, with the model family in the message
-    source = require_words(tokenize_prompt(clip, source_prompt), "source prompt")
+    source = require_words(tokenize_prompt(clip, source_prompt), role, fix)
     return EditState(EditPlan(source), (encode_prompt(clip, source_prompt),))
 
 

@@ -22,7 +22,7 @@ from ..p2p_core.blend import BlendSpec, blend_masks, blend_rows
 from ..p2p_core.edits import EditPlan, StepEdit
 from ..p2p_core.errors import PromptToPromptError
 from ..p2p_core.schedule import step_index
-from ..p2p_core.store import MapAccumulator, Recorder, layer_level
+from ..p2p_core.store import MapAccumulator, Recorder, Run, layer_level
 
 KEY = "prompt_to_prompt"
 INVERSION_KEY = "prompt_to_prompt_inversion"
@@ -142,7 +142,7 @@ class EditPatch:
             self.check_lockstep(noise, sampler)
         recorder = self.state.recorder
         if recorder is not None:
-            recorder.reset()
+            recorder.start(Run(len(sigmas) - 1, tuple(latent_image.shape[-2:])))
         out = executor(noise, latent_image, sampler, sigmas, *args, **kwargs)
         if recorder is not None and recorder.last_masks is not None:
             out = blend_rows(out, recorder.last_masks)

@@ -21,10 +21,12 @@ SELF_LAYER_SCALES = {"all": 1.0, "half": 0.5, "quarter": 0.25}
 "quarter" is the official notebook's 16x16-at-512 limit, "half" the null-text notebook's 32x32."""
 
 
-def require_words(prompt: PromptTokens, role: str) -> PromptTokens:
-    """Reject a prompt with no words: there is nothing to edit or to keep."""
+def require_words(prompt: PromptTokens, role: str,
+                  fix: str = "write the prompt the edit should start from") -> PromptTokens:
+    """Reject a prompt with no words: there is nothing to edit or to keep. `role` names the input the
+    user typed it in, `fix` what to write there."""
     if not prompt.words:
-        raise PromptToPromptError(f"The {role} is empty; write the prompt the edit should start from.")
+        raise PromptToPromptError(f"The {role} is empty; {fix}.")
     return prompt
 
 

@@ -31,7 +31,11 @@ class Window:
                 f"A step window must satisfy 0 <= start <= end <= 1, got ({self.start}, {self.end}).")
 
     def contains(self, step: int, steps: int) -> bool:
-        return _first_step(self.start, steps) <= step < _first_step(self.end, steps)
+        return step in self.step_range(steps)
+
+    def step_range(self, steps: int) -> range:
+        """The steps of a run of `steps` steps inside the window (empty when it is shorter than a step)."""
+        return range(_first_step(self.start, steps), _first_step(self.end, steps))
 
     @property
     def empty(self) -> bool:

@@ -10,6 +10,8 @@ Self-attention maps are accumulated the same way, with the layer's h * w pixels 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from .schedule import Window
@@ -94,6 +96,15 @@ def self_attention_components(maps: torch.Tensor, count: int, size: tuple[int, i
     return torch.nn.functional.interpolate(top, size=size, mode="bilinear", align_corners=False)[:, 0].clamp(0, 1)
 
 
+@dataclass(frozen=True)
+class Run:
+    """The sampling run a recorder saw last: its step count and latent size (h, w), to explain a
+    recording that stayed empty."""
+
+    steps: int
+    latent: tuple[int, int]
+
+
 class Recorder:
     """What a patched model remembers of its latest sampling run, for nodes that read it afterwards.
 
@@ -108,16 +119,19 @@ class Recorder:
         self.blend = blend
         self.self_store = self_store
         self.last_masks: torch.Tensor | None = None
+        self.run: Run | None = None
 
     def __deepcopy__(self, memo: dict) -> Recorder:
         # Clones of the MODEL (LoRA loaders, other patches) must record into the same object.
         return self
 
-    def reset(self) -> None:
+    def start(self, run: Run) -> None:
+        """Forget the last run's maps and masks (a re-run never adds to them), and note the run starting."""
         for accumulator in (self.store, self.blend, self.self_store):
             if accumulator is not None:
                 accumulator.reset()
         self.last_masks = None
+        self.run = run
 
     def recording(self, step: int, steps: int) -> tuple[MapAccumulator, ...]:
         """The cross-attention accumulators whose window contains `step`."""

@@ -5,7 +5,7 @@ from p2p_core.blend import BlendSpec, blend_masks, blend_rows, word_mask
 from p2p_core.errors import PromptToPromptError
 from p2p_core.render import colorize, overlay
 from p2p_core.schedule import Window
-from p2p_core.store import MapAccumulator, Recorder, layer_level, self_attention_components, token_heatmaps
+from p2p_core.store import MapAccumulator, Recorder, Run, layer_level, self_attention_components, token_heatmaps
 
 
 def one_hot_maps(h, w, tokens, hot):
@@ -105,8 +105,8 @@ def test_self_attention_recorder_has_its_own_window_and_is_reset():
     assert recorder.recording_self(0, 10) == (own,) and recorder.recording_self(6, 10) == ()
     assert own not in recorder.recording(0, 10)
     own.add(0, torch.rand(1, 4, 4).softmax(-1), (2, 2))
-    recorder.reset()
-    assert own.rows() == []
+    recorder.start(Run(10, (8, 8)))
+    assert own.rows() == [] and recorder.run == Run(10, (8, 8))
 
 
 def test_self_attention_components_separate_two_regions():
