@@ -25,11 +25,12 @@ import torch
 
 from ..p2p_core.errors import PromptToPromptError
 from ..p2p_core.inversion import NullTextSettings, ddim_invert, direct_targets, null_text_optimise
+from ..p2p_core.plan import require_words
 from .edit_nodes import CATEGORY
 from .patch import INVERSION_KEY as KEY
 from .patch import KEY as EDIT_KEY
 from .patch import attach, sampler_name, sampler_step, transformer_levels
-from .text import encode_prompt
+from .text import encode_prompt, tokenize_prompt
 
 MODES = ("null-text", "negative-prompt", "direct")
 INVERTIBLE_SAMPLERS = {"euler"}  # ComfyUI's ddim sampler is euler too
@@ -276,6 +277,9 @@ class NullTextInvert:
     def invert(self, model, clip, prompt: str, latent: dict, mode: str, steps: int, cfg: float, scheduler: str,
                positive: list | None = None) -> tuple:
         _check_inputs(model, latent, mode, cfg)
+        # The prompt becomes the edit's source: refuse what the edit would refuse, before minutes of inversion.
+        require_words(tokenize_prompt(clip, prompt), "'prompt' input of Invert Image",
+                      "describe the photo in it (it is the source prompt of the edit)")
         samples = latent["samples"]
         sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps).cpu()
         if positive is None:

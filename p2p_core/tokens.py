@@ -12,6 +12,7 @@ layout) all work the same way.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -19,6 +20,11 @@ from .errors import PromptToPromptError
 
 WORD_END = "</w>"
 """CLIP BPE marks the last piece of every pre-tokenized word (letters, a number, a punctuation mark)."""
+
+MAX_CHUNKS = 16
+"""The longest prompt an edit takes, in ComfyUI's chunks of 75 tokens. Token mappings are dense
+[source columns, target columns], as is the refinement's alignment table, so a pasted megabyte of text
+would ask for hundreds of gigabytes; 16 chunks (1200 tokens) is far more than CLIP makes use of."""
 
 TokenizeFn = Callable[[str], Sequence[tuple[int, str]]]
 """Tokenize text as ComfyUI does, without start/end tokens: a list of (token id, BPE piece text)."""
@@ -115,7 +121,12 @@ def locate_words(text: str, stream: Sequence[Sequence[StreamToken]], pieces: Seq
     (word id 0 marks start, end and padding tokens). A piece whose tokens are tensors is a textual-inversion
     embedding and becomes one word.
     """
+    if len(stream) > MAX_CHUNKS:
+        raise PromptToPromptError(
+            f"The prompt '{_shorten(text)}' is {len(stream)} chunks of 75 tokens long; Prompt-to-Prompt takes "
+            f"prompts of up to {MAX_CHUNKS} chunks ({MAX_CHUNKS * 75} tokens). Shorten it.")
     flat = [entry for chunk in stream for entry in chunk]
+    _check_weights(text, flat)
     groups: dict[int, list[tuple[int, object]]] = {}
     for position, (token, _weight, word_id) in enumerate(flat):
         if word_id > 0:
@@ -145,3 +156,16 @@ def locate_words(text: str, stream: Sequence[Sequence[StreamToken]], pieces: Seq
                 "Prompt-to-Prompt cannot place its words.")
     ids = tuple(token if isinstance(token, int) else -1 for token, _, _ in flat)
     return PromptTokens(text=text, ids=ids, words=tuple(words))
+
+
+def _shorten(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _check_weights(text: str, flat: Sequence[StreamToken]) -> None:
+    """'(cat:nan)' parses as a weight of NaN, which ComfyUI multiplies into the conditioning: NaN pictures."""
+    for _token, weight, _word_id in flat:
+        if not math.isfinite(weight):
+            raise PromptToPromptError(
+                f"The prompt '{_shorten(text)}' gives a word the weight {weight}; write a finite weight, like "
+                "(word:1.2).")
