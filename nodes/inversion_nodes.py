@@ -167,7 +167,7 @@ class InversionSampler(comfy.samplers.Sampler):
             self.uncond = tuple(null_text_optimise(
                 lambda x, s: denoise(positive, x, s), lambda x, s, e: denoise(with_context(negative, e), x, s),
                 pivots, schedule, self.cfg, _model_cond(negative, "c_crossattn").clone(), NullTextSettings(),
-                on_step=tick))
+                on_step=tick, check=comfy.model_management.throw_exception_if_processing_interrupted))
             self.uncond_y = _model_cond(negative, "y")
         elif self.mode == "negative-prompt":
             self.uncond = (_model_cond(positive, "c_crossattn").clone(),)

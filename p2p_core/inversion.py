@@ -88,13 +88,18 @@ def direct_targets(pivots: list[torch.Tensor], sigmas: list[float]) -> list[torc
 def null_text_optimise(cond: Denoiser, uncond: Callable[[torch.Tensor, float, torch.Tensor], torch.Tensor],
                        pivots: list[torch.Tensor], sigmas: list[float], guidance: float, initial: torch.Tensor,
                        settings: NullTextSettings = NullTextSettings(),
-                       on_step: Callable[[int, float], None] | None = None) -> list[torch.Tensor]:
+                       on_step: Callable[[int, float], None] | None = None,
+                       check: Callable[[], None] = lambda: None) -> list[torch.Tensor]:
     """The unconditional embedding per step that makes guided sampling retrace the pivots.
 
     `uncond(x, sigma, embedding)` must be differentiable in `embedding`. For every step, starting from the
     previous step's result (warm start) and with a fresh Adam, up to `iterations` updates minimise the
     distance between the guided euler step and the next pivot; the latent then advances with the
     optimised embedding. Optimisation runs in fp32 whatever the dtype of `initial`.
+
+    `check` runs before every model evaluation and every backward pass; a host stops the optimisation by
+    raising from it (ComfyUI's cancel), so a cancel waits for at most one evaluation, not a whole step of
+    up to `iterations` forward and backward passes.
     """
     embedding = initial.detach().float().clone()
     embeddings: list[torch.Tensor] = []
@@ -102,17 +107,20 @@ def null_text_optimise(cond: Denoiser, uncond: Callable[[torch.Tensor, float, to
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         target = diffusers_scale(pivots[i + 1], sigma_next).float()
+        check()
         with torch.no_grad():
             cond_x0 = cond(x, sigma).float()
         embedding.requires_grad_(True)
         optimiser = torch.optim.Adam([embedding], lr=settings.lr(i))
         loss_value = float("inf")
         for _ in range(settings.iterations):
+            check()
             uncond_x0 = uncond(x, sigma, embedding).float()
             guided = uncond_x0 + guidance * (cond_x0 - uncond_x0)
             loss = torch.nn.functional.mse_loss(diffusers_scale(euler_step(x.float(), guided, sigma, sigma_next),
                                                                 sigma_next), target)
             optimiser.zero_grad()
+            check()
             loss.backward()
             optimiser.step()
             loss_value = loss.item()
@@ -120,6 +128,7 @@ def null_text_optimise(cond: Denoiser, uncond: Callable[[torch.Tensor, float, to
                 break
         embedding = embedding.detach()
         embeddings.append(embedding.clone())
+        check()
         with torch.no_grad():
             uncond_x0 = uncond(x, sigma, embedding).float()
             guided = uncond_x0 + guidance * (cond_x0 - uncond_x0)
