@@ -23,7 +23,7 @@ from ..p2p_core.errors import PromptToPromptError
 from ..p2p_core.render import colorize, overlay
 from ..p2p_core.schedule import Window
 from ..p2p_core.store import MapAccumulator, Recorder, Run, self_attention_components, token_heatmaps
-from ..p2p_core.tokens import WORD_END, PromptTokens, TokenizeFn
+from ..p2p_core.tokens import PromptTokens, TokenizeFn
 from .edit_nodes import CATEGORY, MAX_RESOLUTION, finish, start_or_continue
 from .patch import check_level
 from .text import word_tokenizer
@@ -196,16 +196,12 @@ class ShowAttention:
         size = tuple(image.shape[:2])
         tokens = prompt.content
         heat = token_heatmaps(maps, [(t.position,) for t in tokens], size)
-        tiles = [label(overlay(image, h, opacity), token_text(t.text)) for t, h in zip(tokens, heat)]
+        tiles = [label(overlay(image, h, opacity), text) for text, h in zip(prompt.token_texts(), heat)]
         names = [w.strip() for w in words.split(",") if w.strip()]
         word_masks = (token_heatmaps(maps, [prompt.find(w, attention.tokenize) for w in names], size)
                       if names else torch.zeros(1, *size))
         return (torch.stack(tiles), word_masks, blend_masks_image(attention.recorder, size),
                 self_components_image(attention.recorder.self_store, row, components, size))
-
-
-def token_text(piece: str) -> str:
-    return piece.removesuffix(WORD_END) or piece
 
 
 def label(tile: torch.Tensor, text: str) -> torch.Tensor:

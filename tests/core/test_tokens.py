@@ -2,7 +2,7 @@ import pytest
 from fake_clip import BOS, EOS, FakeTokenizer, comfy_stream
 
 from p2p_core.errors import PromptToPromptError
-from p2p_core.tokens import MAX_CHUNKS, locate_words
+from p2p_core.tokens import MAX_CHUNKS, locate_words, readable
 
 
 @pytest.fixture
@@ -108,3 +108,11 @@ def test_empty_word_is_an_error(tok):
 
 def test_empty_prompt_has_no_words(tok):
     assert prompt("", tok, pieces=[""]).words == ()
+
+
+def test_byte_level_pieces_read_as_the_characters_they_stand_for():
+    """CLIP's BPE spells bytes as Latin-1 lookalikes: 'é' is 'Ã©', '🐱' is 'ðŁĲ±', and '本' is split between
+    two pieces ('æľ', '¬'). People are shown the characters; a piece that only starts one shows its bytes."""
+    assert readable(["a</w>", "cafÃ©</w>", "ðŁĲ±</w>"]) == ["a", "café", "🐱"]
+    assert readable(["æĹ¥", "æľ", "¬</w>"]) == ["日", "<e6 9c>", "本"]
+    assert readable(["</w>"]) == [""]  # an embedding's placeholder piece

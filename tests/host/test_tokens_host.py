@@ -77,6 +77,21 @@ def test_words_after_an_embedding_are_words_of_their_own(text, tmp_path):
     clip.tokenizer.clip_l.embedding_directory = [str(tmp_path)]
     tokens = text.tokenize_prompt(clip, "a photo of embedding:tinystyle cat riding")
     assert [w.text for w in tokens.words] == ["a", "photo", "of", "embedding:tinystyle", "cat", "riding"]
-    assert len(tokens.words[3].tokens) == 2
+    assert len(tokens.words[3].tokens) == 2 and tokens.token_texts()[3:5] == ["embedding:tinystyle"] * 2
     assert tokens.find("cat", text.word_tokenizer(clip)) == tokens.words[4].positions
 
+
+@pytest.mark.parametrize("prompt", ["a café in München", "a 🐱 on a 日本 mat", "naïve ✨"])
+def test_token_texts_are_the_characters_they_stand_for(text, prompt):
+    """Byte-level BPE shows 'é' as 'Ã©'; the texts shown to people are the characters again: a word's token
+    texts join up to the word (CLIP lower-cases), a token holding only part of a character shows its bytes."""
+    clip = executor.tiny_bundle("sd1")[1]
+    tokens = text.tokenize_prompt(clip, prompt)
+    texts = iter(tokens.token_texts())
+    shown = ["".join(t for t in (next(texts) for _ in word.tokens) if not t.startswith("<")) for word in tokens.words]
+    assert shown == prompt.lower().split()
+
+
+def test_a_character_split_between_tokens_shows_where_it_is_complete(text):
+    clip = executor.tiny_bundle("sd1")[1]
+    assert text.tokenize_prompt(clip, "café 日本").token_texts() == ["café", "日", "<e6 9c>", "本"]
