@@ -88,9 +88,11 @@ def inverted(model) -> bool:
     return model.get_attachment(INVERSION_KEY) is not None
 
 
-def start_or_continue(model, clip, source_prompt: str) -> EditState:
+def start_or_continue(model, clip, source_prompt: str, role: str = "source prompt",
+                      fix: str = "write the prompt the edit should start from") -> EditState:
     """The plan carried by `model`, or a new one starting from `source_prompt` (by default, after
-    NullTextInvert, the prompt the image was inverted with)."""
+    NullTextInvert, the prompt the image was inverted with). `role` and `fix` name the node's prompt input
+    and what to write in it, for the message about an empty one."""
     state: EditState | None = model.get_attachment(KEY)
     if state is not None:
         check_source(state.plan, source_prompt)
@@ -109,7 +111,7 @@ def start_or_continue(model, clip, source_prompt: str) -> EditState:
                 "would not start from the photo. Disconnect NullTextInvert's positive input (or connect CLIP Text "
                 "Encode of the same prompt with the same CLIP).")
     transformer_levels(model)  # fail early, with the model family in the message
-    source = require_words(tokenize_prompt(clip, source_prompt), "source prompt")
+    source = require_words(tokenize_prompt(clip, source_prompt), role, fix)
     return EditState(EditPlan(source), (encode_prompt(clip, source_prompt),))
 
 
@@ -121,7 +123,19 @@ def finish(model, state: EditState, width: int, height: int, latent: dict | None
 
 
 def edit_latent(model, latent: dict | None, rows: int, width: int, height: int) -> dict:
-    """One image latent repeated to `rows` rows with a shared batch index, so every row gets the same noise."""
+    """One image latent repeated to `rows` rows with a shared batch index, so every row gets the same noise.
+
+    After NullTextInvert the latent must be the inverted one: an empty latent, or the photo's own, would
+    sample another picture without a word.
+    """
+    inversion = model.get_attachment(INVERSION_KEY)
+    if inversion is not None:
+        if latent is None:
+            raise PromptToPromptError(
+                "This model carries an inverted photo, but this node's latent input is not connected, so it would "
+                "sample an empty latent instead of the photo. Connect NullTextInvert's LATENT output to this node's "
+                "latent input (in a chain of edit nodes, the LATENT of the node before).")
+        inversion.check_latent(latent["samples"])
     if latent is None:
         channels = model.get_model_object("latent_format").latent_channels
         samples, batch_index, extra = torch.zeros([1, channels, height // 8, width // 8]), 0, {}

@@ -26,12 +26,13 @@ import torch
 
 from ..p2p_core.errors import PromptToPromptError
 from ..p2p_core.inversion import NullTextSettings, ddim_invert, direct_targets, null_text_optimise
+from ..p2p_core.plan import require_words
 from .edit_nodes import CATEGORY
 from .patch import INVERSION_KEY as KEY
 from .patch import KEY as EDIT_KEY
 from .patch import attach, same_rows
 from .sampler_run import sampler_name, sampler_step
-from .text import encode_prompt
+from .text import encode_prompt, tokenize_prompt
 from .unet import transformer_levels
 
 MODES = ("null-text", "negative-prompt", "direct")
@@ -49,7 +50,7 @@ class Inversion:
     cfg: float
     scheduler: str
     sigmas: tuple[float, ...]
-    latent_shape: tuple[int, ...]
+    latent: torch.Tensor
     uncond: tuple[torch.Tensor, ...] = ()
     uncond_y: torch.Tensor | None = None
     targets: tuple[torch.Tensor, ...] = ()
@@ -57,6 +58,20 @@ class Inversion:
     @property
     def steps(self) -> int:
         return len(self.sigmas) - 1
+
+    def check_latent(self, samples: torch.Tensor) -> None:
+        """Refuse a latent whose rows are not the inverted noise: anything else samples another picture."""
+        if tuple(samples.shape[1:]) != tuple(self.latent.shape[1:]):
+            raise PromptToPromptError(
+                f"The latent is {tuple(samples.shape[-2:])} but NullTextInvert inverted one of "
+                f"{tuple(self.latent.shape[-2:])}; connect NullTextInvert's LATENT (through the edit node) to the "
+                "sampler.")
+        reference = self.latent.to(samples).expand_as(samples)
+        if not torch.allclose(samples, reference, rtol=1e-4, atol=1e-4 * max(1.0, float(reference.abs().max()))):
+            raise PromptToPromptError(
+                "The latent is not the one NullTextInvert inverted, so sampling would not start from the photo. "
+                "Connect NullTextInvert's LATENT output to the edit node's latent input and the edit node's "
+                "LATENT to the sampler (without an edit node, NullTextInvert's LATENT to the sampler).")
 
     def __deepcopy__(self, memo: dict) -> Inversion:
         return self
@@ -102,10 +117,7 @@ class InversionPatch:
             raise PromptToPromptError(
                 "The sampler adds noise to the inverted latent. Sample it with add_noise disabled: KSamplerAdvanced "
                 "with add_noise 'disable', or SamplerCustomAdvanced with DisableNoise.")
-        if tuple(latent_image.shape[1:]) != inv.latent_shape[1:]:
-            raise PromptToPromptError(
-                f"The latent is {tuple(latent_image.shape[-2:])} but NullTextInvert inverted one of "
-                f"{inv.latent_shape[-2:]}; connect NullTextInvert's LATENT (through the edit node) to the sampler.")
+        inv.check_latent(latent_image)
         if sampler_name(sampler) not in INVERTIBLE_SAMPLERS:
             raise PromptToPromptError(
                 f"An inverted image must be sampled with the ddim or euler sampler, which the inversion retraces; "
@@ -177,7 +189,8 @@ class InversionSampler(comfy.samplers.Sampler):
         if self.mode == "null-text":
             self.uncond = tuple(null_text_optimise(
                 cond, uncond, pivots, schedule, self.cfg, _model_cond(negative, "c_crossattn").clone(),
-                NullTextSettings(), on_step=tick, **half_precision(inner, cond, uncond)))
+                NullTextSettings(), on_step=tick, **half_precision(inner, cond, uncond),
+                check=comfy.model_management.throw_exception_if_processing_interrupted))
             self.uncond_y = _model_cond(negative, "y")
         elif self.mode == "negative-prompt":
             self.uncond = (_model_cond(positive, "c_crossattn").clone(),)
@@ -337,6 +350,9 @@ class NullTextInvert:
     def invert(self, model, clip, prompt: str, latent: dict, mode: str, steps: int, cfg: float, scheduler: str,
                positive: list | None = None) -> tuple:
         _check_inputs(model, latent, mode, cfg)
+        # The prompt becomes the edit's source: refuse what the edit would refuse, before minutes of inversion.
+        require_words(tokenize_prompt(clip, prompt), "'prompt' input of Invert Image",
+                      "describe the photo in it (it is the source prompt of the edit)")
         samples = latent["samples"]
         sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps).cpu()
         if positive is None:
@@ -354,9 +370,10 @@ class NullTextInvert:
                 if worker is not model:  # the shared UNet gets its own parameters back, even after an interrupt
                     worker.eject_model()
         comfy.model_management.soft_empty_cache()
+        inverted = inverted.detach().cpu()
         inversion = Inversion(mode, prompt, positive[0][0].detach().clone(), cfg, scheduler, tuple(sigmas.tolist()),
-                              tuple(samples.shape), sampler.uncond, sampler.uncond_y, sampler.targets)
-        return InversionPatch(inversion).install(model), {"samples": inverted.detach().cpu()}
+                              inverted, sampler.uncond, sampler.uncond_y, sampler.targets)
+        return InversionPatch(inversion).install(model), {"samples": inverted}
 
 
 def _conditioning(encoded: tuple[torch.Tensor, dict]) -> list:

@@ -22,7 +22,7 @@ from ..p2p_core.attention import cross_attention, edited_row_pairs, record_self_
 from ..p2p_core.blend import BlendSpec, blend_masks, blend_rows
 from ..p2p_core.edits import EditPlan, StepEdit
 from ..p2p_core.errors import PromptToPromptError
-from ..p2p_core.store import MapAccumulator, Recorder
+from ..p2p_core.store import MapAccumulator, Recorder, Run
 from ..p2p_core.trajectory import StepClock, Trajectory
 from .sampler_run import CORRECTOR_SAMPLERS, sampler_name, shared_noise_sampler, whole_trajectory
 from .text import batch_conditioning
@@ -137,7 +137,7 @@ class EditPatch:
         continuation = not bool(noise.any())
         trajectory = whole_trajectory(model_sampling, sampler, sigmas, tuple(self.stopped) if continuation else ())
         clock = StepClock(trajectory, sigmas.tolist(), sampler_name(sampler) in CORRECTOR_SAMPLERS)
-        self.start_recording(trajectory, continuation)
+        self.start_recording(trajectory, continuation, Run(trajectory.steps, tuple(latent_image.shape[-2:])))
         guider.model_options["transformer_options"][RUN_KEY] = clock
 
         def sampled(step, denoised, x, total_steps):
@@ -180,12 +180,13 @@ class EditPatch:
                 "the sampler's positive input (another CLIP Text Encode there would make the edited row repeat the "
                 "source).")
 
-    def start_recording(self, trajectory: Trajectory, continuation: bool) -> None:
+    def start_recording(self, trajectory: Trajectory, continuation: bool, run: Run) -> None:
         """A run that starts a trajectory (or starts partway with fresh noise, denoise < 1) records afresh; one
         that continues a split schedule (no added noise) resumes from where the previous part stopped."""
         recorder = self.state.recorder
         if recorder is None:
             return
+        recorder.shared.run = run
         if trajectory.offset == 0 or not continuation:
             recorder.reset()
         elif not recorder.resume(trajectory.offset, trajectory.steps):
@@ -230,8 +231,8 @@ class EditPatch:
                 f"Local blend recorded no attention maps at level 1/{blend.level} by step {step}: the sampled "
                 "latent has no layer at that level. Choose another level on LocalBlendMask.")
         maps = [recorder.blend.mean(row) for row in range(self.plan.num_rows)]
-        recorder.masks.current = blend_masks(blend, maps, tuple(x.shape[-2:]))
-        return blend_rows(denoised, recorder.masks.current)
+        recorder.shared.masks = blend_masks(blend, maps, tuple(x.shape[-2:]))
+        return blend_rows(denoised, recorder.shared.masks)
 
     # --- per model call ----------------------------------------------------------------------------------
 

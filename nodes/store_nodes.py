@@ -22,8 +22,8 @@ from ..p2p_core.edits import EditPlan
 from ..p2p_core.errors import PromptToPromptError
 from ..p2p_core.render import colorize, overlay
 from ..p2p_core.schedule import Window
-from ..p2p_core.store import MapAccumulator, Recorder, self_attention_components, token_heatmaps
-from ..p2p_core.tokens import WORD_END, PromptTokens, TokenizeFn
+from ..p2p_core.store import MapAccumulator, Recorder, Run, self_attention_components, token_heatmaps
+from ..p2p_core.tokens import PromptTokens, TokenizeFn
 from .edit_nodes import CATEGORY, MAX_RESOLUTION, finish, start_or_continue
 from .text import word_tokenizer
 from .unet import check_level
@@ -54,10 +54,25 @@ class AttentionRecord:
     def maps(self) -> MapAccumulator:
         accumulator = self.recorder.store or self.recorder.blend
         if accumulator is None or not accumulator.rows():
-            raise PromptToPromptError(
-                "No attention maps were recorded yet: sample with the MODEL output of this node's store (the "
-                "same graph run), and connect the images decoded from that sampler to this node.")
+            raise PromptToPromptError(nothing_recorded(accumulator, self.recorder.run))
         return accumulator
+
+
+def nothing_recorded(accumulator: MapAccumulator | None, run: Run | None) -> str:
+    """Why a store holds no maps: no run used its model, or the run had no step or no layer to record."""
+    if accumulator is None or run is None:
+        return ("No attention maps were recorded yet: no sampler has run with the MODEL of this store. Sample "
+                "with that MODEL (the same graph run), and connect the images decoded from that sampler here.")
+    level, window = accumulator.level, accumulator.window
+    (h, w), steps = run.latent, run.steps
+    recorded = window.step_range(steps)
+    facts = (f"Nothing was recorded at level 1/{level} (layers of {math.ceil(h / level)}x{math.ceil(w / level)} "
+             f"pixels for the {h}x{w} latent of the last run) in the window {window.start:g}-{window.end:g}, ")
+    if not recorded:
+        return (facts + f"which holds no whole step of that run's {steps}. Widen the window (start and end at "
+                f"least {1 / steps:.3g} apart) or sample more steps.")
+    return (facts + f"steps {recorded.start}-{recorded.stop - 1} of {steps}: the model ran no cross-attention "
+            "layer of that size. Choose another level.")
 
 
 def level_input(default: str = "1/4") -> tuple:
@@ -114,7 +129,12 @@ class AttentionStore:
 
     def apply(self, model, clip, prompt: str, level: str, start: float, end: float, width: int, height: int,
               self_attention: bool = False, latent: dict | None = None) -> tuple:
-        state = start_or_continue(model, clip, prompt)
+        if end <= start:
+            raise PromptToPromptError(
+                f"Attention Store's window is empty (start {start:g}, end {end:g}), so it would record nothing. "
+                "Set end above start: 0 to 1 records every step.")
+        state = start_or_continue(model, clip, prompt, "'prompt' input of Attention Store",
+                                  "write the prompt to sample and record, or connect an edit node's MODEL")
         level_number, window = check_level(model, LEVELS[level]), Window(start, end)
         store = MapAccumulator(level_number, window)
         self_store = MapAccumulator(level_number, window) if self_attention else None
@@ -176,16 +196,12 @@ class ShowAttention:
         size = tuple(image.shape[:2])
         tokens = prompt.content
         heat = token_heatmaps(maps, [(t.position,) for t in tokens], size)
-        tiles = [label(overlay(image, h, opacity), token_text(t.text)) for t, h in zip(tokens, heat)]
+        tiles = [label(overlay(image, h, opacity), text) for text, h in zip(prompt.token_texts(), heat)]
         names = [w.strip() for w in words.split(",") if w.strip()]
         word_masks = (token_heatmaps(maps, [prompt.find(w, attention.tokenize) for w in names], size)
                       if names else torch.zeros(1, *size))
         return (torch.stack(tiles), word_masks, blend_masks_image(attention.recorder, size),
                 self_components_image(attention.recorder.self_store, row, components, size))
-
-
-def token_text(piece: str) -> str:
-    return piece.removesuffix(WORD_END) or piece
 
 
 def label(tile: torch.Tensor, text: str) -> torch.Tensor:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import functools
 import math
 import re
+from typing import Callable
 
+import folder_paths
 import torch
 from comfy import sd1_clip
 
@@ -35,13 +37,39 @@ def _word_tokenizer(tokenizer: sd1_clip.SDTokenizer) -> TokenizeFn:
 
 
 def _pieces(text: str, tokenizer: sd1_clip.SDTokenizer) -> list[str]:
-    """The texts ComfyUI tokenizes one by one (weighted segments, split before embeddings), in order."""
+    """The texts ComfyUI tokenizes one by one (weighted segments, split before embeddings), in order.
+
+    As SDTokenizer.tokenize_with_weights does, a piece 'embedding:name more words' becomes the embedding
+    and, when the embedding exists, the words after it as a piece of their own. Embeddings ComfyUI cannot
+    use are refused here, before ComfyUI tokenizes: a missing one it would drop with a warning in its log
+    (the prompt sampled would not be the one in the graph), a marker without a name it would crash on.
+    """
+    marker = tokenizer.embedding_identifier
     pieces = []
     for segment, _weight in sd1_clip.token_weights(sd1_clip.escape_important(text), 1.0):
-        marker = tokenizer.embedding_identifier
         split = re.split(f" {marker}|\n{marker}", sd1_clip.unescape_important(segment))
-        pieces.extend(p for p in [split[0]] + [marker + s for s in split[1:]] if p != "")
+        for piece in (p for p in [split[0]] + [marker + s for s in split[1:]] if p != ""):
+            if not piece.startswith(marker) or tokenizer.embedding_directory is None:
+                pieces.append(piece)
+                continue
+            name = piece[len(marker):].strip("\n")
+            words = name.split()
+            if not words:
+                raise PromptToPromptError(
+                    f"The prompt '{text}' has '{marker}' without an embedding name after it; write "
+                    f"{marker}<file name> or remove it.")
+            embedding, leftover = tokenizer._try_get_embedding(name)
+            if embedding is None:
+                raise PromptToPromptError(
+                    f"The textual-inversion embedding '{words[0]}' of the prompt '{text}' was not found in "
+                    f"{_folders(tokenizer.embedding_directory)}. Put its file (.safetensors, .pt or .bin) in "
+                    f"ComfyUI/models/embeddings and restart ComfyUI, or correct the name after '{marker}'.")
+            pieces.extend(p for p in (marker + words[0], leftover) if p != "")
     return pieces
+
+
+def _folders(directories: str | list[str]) -> str:
+    return ", ".join([directories] if isinstance(directories, str) else sorted(directories))
 
 
 def _clip_key(clip) -> str:
@@ -62,7 +90,7 @@ def word_tokenizer(clip) -> TokenizeFn:
 def tokenize_prompt(clip, text: str) -> PromptTokens:
     """Where each word of `text` lands in the context this CLIP encodes it to."""
     key = _clip_key(clip)
-    return _locate(text, clip.tokenize(text, return_word_ids=True)[key], _sd_tokenizer(clip, key))
+    return _locate(text, lambda: clip.tokenize(text, return_word_ids=True)[key], _sd_tokenizer(clip, key))
 
 
 def tokenize_for_preview(text: str) -> tuple[PromptTokens, TokenizeFn]:
@@ -72,17 +100,20 @@ def tokenize_for_preview(text: str) -> tuple[PromptTokens, TokenizeFn]:
     instead of the end token), so the words and their tokens are those sampling will see.
     """
     tokenizer = _preview_tokenizer()
-    return _locate(text, tokenizer.tokenize_with_weights(text, return_word_ids=True), tokenizer), \
+    return _locate(text, lambda: tokenizer.tokenize_with_weights(text, return_word_ids=True), tokenizer), \
         _word_tokenizer(tokenizer)
 
 
 @functools.cache
 def _preview_tokenizer() -> sd1_clip.SDTokenizer:
-    return sd1_clip.SDTokenizer()
+    """CLIP-L's tokenizer, looking up textual-inversion embeddings where checkpoint loaders do."""
+    return sd1_clip.SDTokenizer(embedding_directory=folder_paths.get_folder_paths("embeddings"))
 
 
-def _locate(text: str, stream, tokenizer: sd1_clip.SDTokenizer) -> PromptTokens:
-    return locate_words(text, stream, _pieces(text, tokenizer), _word_tokenizer(tokenizer))
+def _locate(text: str, stream: Callable[[], list], tokenizer: sd1_clip.SDTokenizer) -> PromptTokens:
+    """Words of `text` in the token stream ComfyUI makes of it (tokenized once the pieces are checked)."""
+    pieces = _pieces(text, tokenizer)
+    return locate_words(text, stream(), pieces, _word_tokenizer(tokenizer))
 
 
 def encode_prompt(clip, text: str) -> tuple[torch.Tensor, dict]:

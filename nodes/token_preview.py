@@ -3,19 +3,95 @@
 The page posts a node's prompts and words; the answer lists each prompt's tokens (as the sampler will see
 them) with what the edit does to each, plus warnings for words that are not in a prompt and the error an
 edit would raise. The maths is p2p_core's, so the preview and the sampling cannot disagree.
+
+The route is open to anything that can reach the server, and it shares the server's event loop with the
+queue and the UI: a payload that is not the documented shape gets a 400 with a message, one beyond what a
+prompt can usefully hold a 413, and the work runs on a thread of its own so other requests are served
+meanwhile.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, fields
 from typing import Any
 
 from ..p2p_core.align import refine_mapping, swap_mapping
 from ..p2p_core.errors import PromptToPromptError
 from ..p2p_core.schedule import parse_word_windows
-from ..p2p_core.tokens import WORD_END, PromptTokens, TokenizeFn
+from ..p2p_core.tokens import MAX_CHUNKS, PromptTokens, TokenizeFn
 from .text import tokenize_for_preview
 
 ROUTE = "/prompt_to_prompt/tokens"
+KINDS = ("replace", "refine", "reweight", "blend")
+MAX_TARGETS = 64
+"""Edited rows of one chain (Show Attention's row input goes up to 64 too)."""
+MAX_TEXT_CHARACTERS = MAX_CHUNKS * 75 * 8
+"""Characters of one text field: room for the longest prompt an edit takes (MAX_CHUNKS chunks of 75
+tokens) at 8 characters a token."""
+MAX_BODY_BYTES = 256 * 1024
+"""A whole request: far more than a chain of long prompts, far less than what would hold the server."""
+
+_WORKER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prompt-to-prompt-preview")
+"""One thread: previews queue behind each other instead of filling the event loop's default pool."""
+
+
+class RequestError(PromptToPromptError):
+    """A request the route refuses, with the HTTP status to answer (400 malformed, 413 too large)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def check_size(size: int) -> None:
+    if size > MAX_BODY_BYTES:
+        raise RequestError(413, f"The request is {size} bytes; the token preview takes at most {MAX_BODY_BYTES}.")
+
+
+@dataclass(frozen=True)
+class PreviewRequest:
+    """The documented payload: what one node shows (see web/token_preview.js)."""
+
+    kind: str = "replace"
+    source: str = ""
+    targets: tuple[str, ...] = ()
+    word_windows: str = ""
+    words: str = ""
+    source_words: str = ""
+    edit_words: str = ""
+    subtract_words: str = ""
+
+    @classmethod
+    def from_json(cls, body: bytes) -> PreviewRequest:
+        """Parse and check a request body; fields not listed here are ignored."""
+        check_size(len(body))
+        try:
+            payload = json.loads(body)
+        except (ValueError, RecursionError) as error:  # RecursionError: nesting deeper than Python's stack
+            raise RequestError(400, f"The body is not JSON the preview can read ({type(error).__name__}); send "
+                                    "a JSON object.") from None
+        if not isinstance(payload, dict):
+            raise RequestError(400, f"Send a JSON object with the fields {[f.name for f in fields(cls)]}, not "
+                                    f"{type(payload).__name__}.")
+        values = {f.name: payload[f.name] for f in fields(cls) if f.name in payload}
+        targets = values.pop("targets", [])
+        if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+            raise RequestError(400, "'targets' must be a list of strings.")
+        for name, value in values.items():
+            if not isinstance(value, str):
+                raise RequestError(400, f"'{name}' must be a string, not {type(value).__name__}.")
+        if len(targets) > MAX_TARGETS:
+            raise RequestError(413, f"{len(targets)} targets; the preview shows at most {MAX_TARGETS} rows.")
+        for name, text in [*values.items(), *(("targets", t) for t in targets)]:
+            if len(text) > MAX_TEXT_CHARACTERS:
+                raise RequestError(413, f"'{name}' is longer than {MAX_TEXT_CHARACTERS} characters; Prompt-to-Prompt "
+                                        f"takes prompts of up to {MAX_CHUNKS} chunks of 75 tokens.")
+        if values.get("kind", "replace") not in KINDS:
+            raise RequestError(400, f"'kind' must be one of {list(KINDS)}.")
+        return cls(**values, targets=tuple(targets))
 
 
 def _words(text: str) -> list[str]:
@@ -23,10 +99,11 @@ def _words(text: str) -> list[str]:
 
 
 def _row(label: str, prompt: PromptTokens, status: dict[int, str], marks: dict[int, set[str]]) -> dict:
+    texts = iter(prompt.token_texts())
     tokens = []
     for word in prompt.words:
         for i, token in enumerate(word.tokens):
-            tokens.append({"text": token.text.removesuffix(WORD_END), "word": word.text, "first": i == 0,
+            tokens.append({"text": next(texts), "word": word.text, "first": i == 0,
                            "status": status.get(token.position, "kept"),
                            "marks": sorted(marks.get(token.position, ()))})
     return {"label": label, "tokens": tokens}
@@ -59,13 +136,16 @@ def _edit_statuses(kind: str, source: PromptTokens, target: PromptTokens) -> tup
     return src, tgt
 
 
-def preview(request: dict[str, Any]) -> dict[str, Any]:
+def preview(request: PreviewRequest) -> dict[str, Any]:
     """The preview of one node: kind is replace, refine, reweight or blend (see the front end)."""
-    kind = request.get("kind", "replace")
+    kind = request.kind
     warnings: list[str] = []
     error = None
-    source, tokenize = tokenize_for_preview(str(request.get("source", "")))
-    targets = [tokenize_for_preview(str(t))[0] for t in request.get("targets", [])]
+    try:
+        source, tokenize = tokenize_for_preview(request.source)
+        targets = [tokenize_for_preview(t)[0] for t in request.targets]
+    except PromptToPromptError as failure:  # a prompt the edit node would refuse (too long, missing embedding)
+        return {"rows": [], "warnings": [], "error": str(failure)}
     source_status: dict[int, str] = {}
     target_status: list[dict[int, str]] = [{} for _ in targets]
     source_marks: dict[int, set[str]] = {}
@@ -78,24 +158,29 @@ def preview(request: dict[str, Any]) -> dict[str, Any]:
     except PromptToPromptError as failure:
         error = str(failure)
     if kind in ("replace", "refine") and targets:
-        window_words = [word for word, _ in _safe_windows(str(request.get("word_windows", "")), warnings)]
+        window_words = [word for word, _ in _safe_windows(request.word_windows, warnings)]
         _mark(targets[0], window_words, "window", tokenize, target_marks[0], warnings)
     if kind == "reweight":
         reweighted = targets[-1] if targets else source
-        _mark(reweighted, _words(str(request.get("words", ""))), "reweighted", tokenize,
+        _mark(reweighted, _words(request.words), "reweighted", tokenize,
               target_marks[-1] if targets else source_marks, warnings)
     if kind == "blend":
-        _mark(source, _words(str(request.get("source_words", ""))), "blended", tokenize, source_marks, warnings)
-        entries = [_words(e) for e in str(request.get("edit_words", "")).split(";")]
+        _mark(source, _words(request.source_words), "blended", tokenize, source_marks, warnings)
+        entries = [_words(e) for e in request.edit_words.split(";")]
         for i, target in enumerate(targets):
             words = entries[0] if len(entries) == 1 else entries[i] if i < len(entries) else []
             _mark(target, words, "blended", tokenize, target_marks[i], warnings)
-        subtract = _words(str(request.get("subtract_words", "")))
+        subtract = _words(request.subtract_words)
         for prompt, marks in [(source, source_marks)] + list(zip(targets, target_marks)):
             _mark(prompt, [w for w in subtract if _has(prompt, w, tokenize)], "subtracted", tokenize, marks, [])
     rows = [_row("source", source, source_status, source_marks)]
     rows += [_row(f"edit {i + 1}", t, s, m) for i, (t, s, m) in enumerate(zip(targets, target_status, target_marks))]
     return {"rows": rows, "warnings": warnings, "error": error}
+
+
+def answer_body(body: bytes) -> dict[str, Any]:
+    """The preview of a raw request body (raises RequestError for one the route refuses)."""
+    return preview(PreviewRequest.from_json(body))
 
 
 def _has(prompt: PromptTokens, word: str, tokenize: TokenizeFn) -> bool:
@@ -131,7 +216,8 @@ def register_routes() -> None:
     @server.routes.post(ROUTE)
     async def tokens(request: web.Request) -> web.Response:
         try:
-            payload = await request.json()
-        except ValueError:
-            return web.json_response({"error": "send a JSON object"}, status=400)
-        return web.json_response(preview(payload))
+            check_size(request.content_length or 0)  # before reading it
+            answer = await asyncio.get_running_loop().run_in_executor(_WORKER, answer_body, await request.read())
+        except RequestError as error:
+            return web.json_response({"error": str(error)}, status=error.status)
+        return web.json_response(answer)

@@ -86,22 +86,22 @@ def global_alignment(x: tuple[int, ...], y: tuple[int, ...]) -> list[tuple[int, 
     Gap 0, match +1, mismatch -1: the alignment maximises the number of equal tokens. Ties prefer a gap in
     x (an inserted y token), then a gap in y, then the diagonal, as the official traceback does. Returns the
     (x index, y index) pairs of aligned equal tokens.
+
+    Each row of the score table is computed at once: score[i, j] = max(score[i, j - 1], up, diagonal) is a
+    running maximum along the row, so prompts of a thousand tokens align in milliseconds, not seconds.
     """
     n, m = len(x), len(y)
-    xs, ys = np.asarray(x), np.asarray(y)
+    xs, ys = np.asarray(x, dtype=np.int64), np.asarray(y, dtype=np.int64)
     score = np.zeros((n + 1, m + 1), dtype=np.int64)
     trace = np.zeros((n + 1, m + 1), dtype=np.int8)  # 1 left (insert y), 2 up (delete x), 3 diagonal
     trace[0, 1:] = 1
     trace[1:, 0] = 2
     for i in range(1, n + 1):
-        diag_gain = np.where(ys == xs[i - 1], 1, -1)
-        for j in range(1, m + 1):
-            left = score[i, j - 1]
-            up = score[i - 1, j]
-            diag = score[i - 1, j - 1] + diag_gain[j - 1]
-            best = max(left, up, diag)
-            score[i, j] = best
-            trace[i, j] = 1 if best == left else 2 if best == up else 3
+        up = score[i - 1, 1:]
+        diag = score[i - 1, :-1] + np.where(ys == xs[i - 1], 1, -1)
+        score[i] = np.maximum.accumulate(np.concatenate(([score[i, 0]], np.maximum(up, diag))))
+        left, best = score[i, :-1], score[i, 1:]
+        trace[i, 1:] = np.where(best == left, 1, np.where(best == up, 2, 3))
     pairs: list[tuple[int, int]] = []
     i, j = n, m
     while i > 0 or j > 0:

@@ -87,17 +87,15 @@ def direct_targets(pivots: list[torch.Tensor], sigmas: list[float]) -> list[torc
     return targets
 
 
-def null_text_loss(cond_x0: torch.Tensor, uncond: UncondDenoiser, embedding: torch.Tensor, x: torch.Tensor,
-                   sigma: float, sigma_next: float, target: torch.Tensor, guidance: float,
-                   exact_uncond: UncondDenoiser | None = None) -> torch.Tensor:
+def null_text_loss(cond_x0: torch.Tensor, uncond_x0: torch.Tensor, uncond_value: torch.Tensor | None,
+                   x: torch.Tensor, sigma: float, sigma_next: float, target: torch.Tensor,
+                   guidance: float) -> torch.Tensor:
     """The paper's loss, in fp32: the squared distance of the guided euler step from the next pivot (`target`, at
-    the scale a diffusers latent has). Its gradient flows through `uncond`; with `exact_uncond`, its value is
-    that of the full-precision prediction (see null_text_optimise)."""
-    uncond_x0 = uncond(x, sigma, embedding).float()
-    if exact_uncond is not None:
-        with torch.no_grad():
-            value = exact_uncond(x, sigma, embedding.detach()).float()
-        uncond_x0 = uncond_x0 + (value - uncond_x0).detach()
+    the scale a diffusers latent has). Its gradient flows through `uncond_x0`; with `uncond_value` (a
+    full-precision prediction, see null_text_optimise) its value is that one's."""
+    uncond_x0 = uncond_x0.float()
+    if uncond_value is not None:
+        uncond_x0 = uncond_x0 + (uncond_value.float() - uncond_x0).detach()
     guided = uncond_x0 + guidance * (cond_x0.float() - uncond_x0)
     return torch.nn.functional.mse_loss(diffusers_scale(euler_step(x.float(), guided, sigma, sigma_next), sigma_next),
                                         target.float())
@@ -115,7 +113,8 @@ def scaled_backward(loss: torch.Tensor, embedding: torch.Tensor, loss_scale: flo
 def null_text_optimise(cond: Denoiser, uncond: UncondDenoiser, pivots: list[torch.Tensor], sigmas: list[float],
                        guidance: float, initial: torch.Tensor, settings: NullTextSettings = NullTextSettings(),
                        on_step: Callable[[int, float], None] | None = None, loss_scale: float = 1.0,
-                       exact: tuple[Denoiser, UncondDenoiser] | None = None) -> list[torch.Tensor]:
+                       exact: tuple[Denoiser, UncondDenoiser] | None = None,
+                       check: Callable[[], None] = lambda: None) -> list[torch.Tensor]:
     """The unconditional embedding per step that makes guided sampling retrace the pivots.
 
     `uncond(x, sigma, embedding)` must be differentiable in `embedding`. For every step, starting from the
@@ -130,6 +129,10 @@ def null_text_optimise(cond: Denoiser, uncond: UncondDenoiser, pivots: list[torc
     full-precision versions of the denoisers, give the loss its values while the gradient still flows through
     `uncond` (a model in bf16 rounds its predictions by more than the residual being minimised); the latent
     still advances with `cond` and `uncond`, the predictions sampling will make.
+
+    `check` runs before every model evaluation and every backward pass; a host stops the optimisation by
+    raising from it (ComfyUI's cancel), so a cancel waits for at most one evaluation, not a whole step of
+    up to `iterations` forward and backward passes.
     """
     embedding = initial.detach().float().clone()
     embeddings: list[torch.Tensor] = []
@@ -137,16 +140,27 @@ def null_text_optimise(cond: Denoiser, uncond: UncondDenoiser, pivots: list[torc
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         target = diffusers_scale(pivots[i + 1], sigma_next).float()
+        check()
         with torch.no_grad():
             cond_x0 = cond(x, sigma).float()
-            loss_cond_x0 = cond_x0 if exact is None else exact[0](x, sigma).float()
+            loss_cond_x0 = cond_x0
+            if exact is not None:
+                check()
+                loss_cond_x0 = exact[0](x, sigma).float()
         embedding.requires_grad_(True)
         optimiser = torch.optim.Adam([embedding], lr=settings.lr(i))
         loss_value, updates = float("inf"), 0
         while updates < settings.iterations:
-            loss = null_text_loss(loss_cond_x0, uncond, embedding, x, sigma, sigma_next, target, guidance,
-                                  None if exact is None else exact[1])
+            check()
+            uncond_x0 = uncond(x, sigma, embedding)
+            uncond_value = None
+            if exact is not None:
+                check()
+                with torch.no_grad():
+                    uncond_value = exact[1](x, sigma, embedding.detach())
+            loss = null_text_loss(loss_cond_x0, uncond_x0, uncond_value, x, sigma, sigma_next, target, guidance)
             optimiser.zero_grad()
+            check()
             loss_value = loss.item()
             if not scaled_backward(loss, embedding, loss_scale):
                 if loss_scale <= 1.0:
@@ -161,6 +175,7 @@ def null_text_optimise(cond: Denoiser, uncond: UncondDenoiser, pivots: list[torc
                 break
         embedding = embedding.detach()
         embeddings.append(embedding.clone())
+        check()
         with torch.no_grad():
             uncond_x0 = uncond(x, sigma, embedding).float()
             guided = uncond_x0 + guidance * (cond_x0 - uncond_x0)

@@ -25,10 +25,12 @@ SELF_LAYER_CHOICES = ("auto",) + tuple(SELF_LAYER_LEVELS)
 """'auto': the official choice, "quarter" for generated images and "half" for inverted real images."""
 
 
-def require_words(prompt: PromptTokens, role: str) -> PromptTokens:
-    """Reject a prompt with no words: there is nothing to edit or to keep."""
+def require_words(prompt: PromptTokens, role: str,
+                  fix: str = "write the prompt the edit should start from") -> PromptTokens:
+    """Reject a prompt with no words: there is nothing to edit or to keep. `role` names the input the
+    user typed it in, `fix` what to write there."""
     if not prompt.words:
-        raise PromptToPromptError(f"The {role} is empty; write the prompt the edit should start from.")
+        raise PromptToPromptError(f"The {role} is empty; {fix}.")
     return prompt
 
 

@@ -28,7 +28,11 @@ class Window:
 
     def contains(self, step: int, steps: int) -> bool:
         """Steps [floor(start * steps), floor(end * steps)): self-attention, recording and blending windows."""
-        return _first_step(self.start, steps) <= step < _first_step(self.end, steps)
+        return step in self.step_range(steps)
+
+    def step_range(self, steps: int) -> range:
+        """The steps of a run of `steps` steps inside the window (empty when it is shorter than a step)."""
+        return range(_first_step(self.start, steps), _first_step(self.end, steps))
 
     def contains_cross(self, step: int, steps: int) -> bool:
         """Steps [floor(start * (steps + 1)), floor(end * (steps + 1))): cross-attention windows.

@@ -12,6 +12,8 @@ Self-attention maps are accumulated the same way, with the layer's h * w pixels 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from .schedule import Window
@@ -100,13 +102,23 @@ def self_attention_components(maps: torch.Tensor, count: int, size: tuple[int, i
     return torch.nn.functional.interpolate(top, size=size, mode="bilinear", align_corners=False)[:, 0].clamp(0, 1)
 
 
-class MaskHolder:
-    """The masks the local blend used last ([edited rows, H, W]): the final latent is blended with them and Show
-    Attention shows them. One holder is shared by every recorder of a chain of nodes, so a store chained before
-    a blend sees its masks too."""
+@dataclass(frozen=True)
+class Run:
+    """A sampling run a recorder saw: its trajectory's step count and its latent size (h, w), to explain a
+    recording that stayed empty."""
+
+    steps: int
+    latent: tuple[int, int]
+
+
+class Shared:
+    """What every recorder of a chain of nodes shares besides the accumulators, so a store chained before a
+    blend sees it too: the masks the local blend used last ([edited rows, H, W]; the final latent is blended
+    with them and Show Attention shows them), and the sampling run seen last."""
 
     def __init__(self) -> None:
-        self.current: torch.Tensor | None = None
+        self.masks: torch.Tensor | None = None
+        self.run: Run | None = None
 
 
 class Recorder:
@@ -120,11 +132,11 @@ class Recorder:
     """
 
     def __init__(self, store: MapAccumulator | None = None, blend: MapAccumulator | None = None,
-                 self_store: MapAccumulator | None = None, masks: MaskHolder | None = None) -> None:
+                 self_store: MapAccumulator | None = None, shared: Shared | None = None) -> None:
         self.store = store
         self.blend = blend
         self.self_store = self_store
-        self.masks = masks if masks is not None else MaskHolder()
+        self.shared = shared if shared is not None else Shared()
         self.checkpoints: dict[tuple[int, int], tuple] = {}
 
     def __deepcopy__(self, memo: dict) -> Recorder:
@@ -135,11 +147,15 @@ class Recorder:
         """A recorder with these accumulators added (or replaced) that shares the others, so nodes chained
         before it (a store before a blend, or the reverse) see everything the sampled model records."""
         current = {"store": self.store, "blend": self.blend, "self_store": self.self_store}
-        return Recorder(**{**current, **accumulators}, masks=self.masks)
+        return Recorder(**{**current, **accumulators}, shared=self.shared)
 
     @property
     def last_masks(self) -> torch.Tensor | None:
-        return self.masks.current
+        return self.shared.masks
+
+    @property
+    def run(self) -> Run | None:
+        return self.shared.run
 
     def _accumulators(self) -> tuple[MapAccumulator, ...]:
         return tuple(a for a in (self.store, self.blend, self.self_store) if a is not None)
@@ -147,12 +163,12 @@ class Recorder:
     def reset(self) -> None:
         for accumulator in self._accumulators():
             accumulator.reset()
-        self.masks.current = None
+        self.shared.masks = None
         self.checkpoints.clear()
 
     def checkpoint(self, step: int, steps: int) -> None:
         """Remember what was recorded before `step` of a `steps`-step trajectory."""
-        masks = None if self.masks.current is None else self.masks.current.clone()
+        masks = None if self.shared.masks is None else self.shared.masks.clone()
         self.checkpoints[(step, steps)] = tuple(a.state() for a in self._accumulators()), masks
 
     def resume(self, step: int, steps: int) -> bool:
@@ -163,12 +179,8 @@ class Recorder:
         states, masks = saved
         for accumulator, state in zip(self._accumulators(), states):
             accumulator.load(state)
-        self.masks.current = None if masks is None else masks.clone()
+        self.shared.masks = None if masks is None else masks.clone()
         return True
-
-    @property
-    def records(self) -> bool:
-        return bool(self._accumulators())
 
     def recording(self, step: int, steps: int) -> tuple[MapAccumulator, ...]:
         """The cross-attention accumulators whose window contains `step`."""

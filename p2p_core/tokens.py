@@ -12,6 +12,8 @@ layout) all work the same way.
 
 from __future__ import annotations
 
+import codecs
+import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -19,6 +21,11 @@ from .errors import PromptToPromptError
 
 WORD_END = "</w>"
 """CLIP BPE marks the last piece of every pre-tokenized word (letters, a number, a punctuation mark)."""
+
+MAX_CHUNKS = 16
+"""The longest prompt an edit takes, in ComfyUI's chunks of 75 tokens. Token mappings are dense
+[source columns, target columns], as is the refinement's alignment table, so a pasted megabyte of text
+would ask for hundreds of gigabytes; 16 chunks (1200 tokens) is far more than CLIP makes use of."""
 
 TokenizeFn = Callable[[str], Sequence[tuple[int, str]]]
 """Tokenize text as ComfyUI does, without start/end tokens: a list of (token id, BPE piece text)."""
@@ -77,6 +84,12 @@ class PromptTokens:
         """Every word token in prompt order (no start, end or padding tokens)."""
         return tuple(t for w in self.words for t in w.tokens)
 
+    def token_texts(self) -> list[str]:
+        """What each content token stands for, for people (see `readable`); an embedding's tokens show its
+        word ('embedding:name')."""
+        words = [word for word in self.words for _ in word.tokens]
+        return [text or word.text for text, word in zip(readable([t.text for t in self.content]), words)]
+
     def special_positions(self) -> tuple[int, ...]:
         """Columns that belong to no word: start, end and padding tokens of every chunk."""
         used = {p for w in self.words for p in w.positions}
@@ -126,7 +139,12 @@ def locate_words(text: str, stream: Sequence[Sequence[StreamToken]], pieces: Seq
     (word id 0 marks start, end and padding tokens). A piece whose tokens are tensors is a textual-inversion
     embedding and becomes one word.
     """
+    if len(stream) > MAX_CHUNKS:
+        raise PromptToPromptError(
+            f"The prompt '{_shorten(text)}' is {len(stream)} chunks of 75 tokens long; Prompt-to-Prompt takes "
+            f"prompts of up to {MAX_CHUNKS} chunks ({MAX_CHUNKS * 75} tokens). Shorten it.")
     flat = [entry for chunk in stream for entry in chunk]
+    _check_weights(text, flat)
     groups: dict[int, list[tuple[int, object]]] = {}
     for position, (token, _weight, word_id) in enumerate(flat):
         if word_id > 0:
@@ -156,3 +174,49 @@ def locate_words(text: str, stream: Sequence[Sequence[StreamToken]], pieces: Seq
                 "Prompt-to-Prompt cannot place its words.")
     ids = tuple(token if isinstance(token, int) else -1 for token, _, _ in flat)
     return PromptTokens(text=text, ids=ids, words=tuple(words))
+
+
+def _shorten(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _check_weights(text: str, flat: Sequence[StreamToken]) -> None:
+    """'(cat:nan)' parses as a weight of NaN, which ComfyUI multiplies into the conditioning: NaN pictures."""
+    for _token, weight, _word_id in flat:
+        if not math.isfinite(weight):
+            raise PromptToPromptError(
+                f"The prompt '{_shorten(text)}' gives a word the weight {weight}; write a finite weight, like "
+                "(word:1.2).")
+
+
+def _byte_table() -> dict[str, int]:
+    """The inverse of byte-level BPE's byte -> character table (GPT-2's, which every CLIP tokenizer uses):
+    printable bytes stand for themselves, the other 68 bytes for the characters from U+0100 on."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1),
+                 *range(ord("\u00ae"), ord("\u00ff") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return {**{chr(b): b for b in printable}, **{chr(256 + i): b for i, b in enumerate(others)}}
+
+
+_BYTES = _byte_table()
+
+
+def readable(pieces: Sequence[str]) -> list[str]:
+    """The text each BPE piece stands for, for people: 'cafÃ©</w>' -> 'café'.
+
+    Pieces are byte-level: a character outside ASCII is several bytes, shown by BPE as several Latin-1
+    lookalikes, and may even be split between two pieces. Decoding the pieces in order, each shows the
+    characters its bytes complete; a piece holding only the start of a character shows its bytes in hex.
+    A piece that is not byte-level BPE (a textual-inversion embedding's placeholder) stays as it is.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    texts = []
+    for piece in pieces:
+        raw = piece.removesuffix(WORD_END)
+        if any(c not in _BYTES for c in raw):
+            texts.append(raw)
+            continue
+        data = bytes(_BYTES[c] for c in raw)
+        text = decoder.decode(data)
+        texts.append(text if text or not data else "<" + data.hex(" ") + ">")
+    return texts

@@ -140,7 +140,9 @@ function attach(node) {
     busy = true;
     try {
       const response = await api.fetchApi(ROUTE, { method: "POST", body, headers: { "Content-Type": "application/json" } });
-      render(el, await response.json());
+      const answer = await response.json();
+      // A refused request (a prompt too long to preview, say) answers 4xx with only its error.
+      render(el, response.ok ? answer : { rows: [], warnings: [], error: answer.error ?? `HTTP ${response.status}` });
       last = body;
     } catch (error) {
       el.textContent = `token preview unavailable: ${error}`;

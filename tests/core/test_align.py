@@ -78,6 +78,34 @@ def test_global_alignment_matches_by_hand():
     assert global_alignment((5, 6), (7, 8)) == []
 
 
+def _alignment_by_the_book(x, y):
+    """Needleman-Wunsch cell by cell, as the official code writes it (gap 0, match 1, mismatch -1)."""
+    score = [[0] * (len(y) + 1) for _ in range(len(x) + 1)]
+    trace = [[1] * (len(y) + 1)] + [[2] + [0] * len(y) for _ in x]
+    for i in range(1, len(x) + 1):
+        for j in range(1, len(y) + 1):
+            left, up = score[i][j - 1], score[i - 1][j]
+            diag = score[i - 1][j - 1] + (1 if x[i - 1] == y[j - 1] else -1)
+            score[i][j] = max(left, up, diag)
+            trace[i][j] = 1 if score[i][j] == left else 2 if score[i][j] == up else 3
+    pairs, i, j = [], len(x), len(y)
+    while i > 0 or j > 0:
+        step = trace[i][j] if i and j else (1 if j else 2)
+        i, j = (i - 1, j - 1) if step == 3 else (i, j - 1) if step == 1 else (i - 1, j)
+        if step == 3:
+            pairs.append((i, j))
+    return pairs[::-1]
+
+
+def test_global_alignment_agrees_with_the_cell_by_cell_table_ties_included():
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        n, m = torch.randint(0, 12, (2,), generator=generator).tolist()
+        x = tuple(torch.randint(0, 4, (n,), generator=generator).tolist())  # few ids: many ties
+        y = tuple(torch.randint(0, 4, (m,), generator=generator).tolist())
+        assert global_alignment(x, y) == _alignment_by_the_book(x, y), (x, y)
+
+
 def test_global_alignment_ties_prefer_the_latest_match():
     # x = [1], y = [1, 1]: both y tokens could take x's 1; the official traceback (left first from the
     # end) inserts the last y token and aligns the first.

@@ -140,3 +140,26 @@ def test_exact_values_steer_the_loss_but_sampling_predictions_advance_the_latent
                                                                       rounded(x, SIGMAS[i], COND))
     plain = sample(pivots[0], SIGMAS, lambda i, x: guided(x, SIGMAS[i], NULL))
     assert error(sample(pivots[0], SIGMAS, guided_rounded), image()) * 100 < error(plain, image())
+
+
+def test_null_text_checks_for_a_stop_before_every_model_evaluation_and_backward_pass():
+    """A host stops the optimisation (ComfyUI's cancel) by raising from `check`: it must run before each
+    forward and backward pass, not once a step, so a stop waits for one evaluation at most."""
+    events = []
+
+    def cond(x, sigma):
+        events.append("forward")
+        return toy_denoiser(x, sigma, COND)
+
+    def uncond(x, sigma, embedding):
+        events.append("forward")
+        out = toy_denoiser(x, sigma, embedding)
+        if out.requires_grad:
+            out.register_hook(lambda grad: events.append("backward"))
+        return out
+
+    pivots = ddim_invert(lambda x, s: toy_denoiser(x, s, COND), image(), COARSE)
+    null_text_optimise(cond, uncond, pivots, COARSE, 7.5, NULL, NullTextSettings(iterations=3),
+                       check=lambda: events.append("check"))
+    assert events.count("backward") > len(COARSE)  # several iterations per step ran
+    assert all(events[i - 1] == "check" for i, event in enumerate(events) if event != "check")

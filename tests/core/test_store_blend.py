@@ -5,12 +5,7 @@ from p2p_core.blend import BlendSpec, blend_masks, blend_rows, word_mask
 from p2p_core.errors import PromptToPromptError
 from p2p_core.render import colorize, overlay
 from p2p_core.schedule import Window
-from p2p_core.store import (
-    MapAccumulator,
-    Recorder,
-    self_attention_components,
-    token_heatmaps,
-)
+from p2p_core.store import MapAccumulator, Recorder, Run, self_attention_components, token_heatmaps
 
 
 def one_hot_maps(h, w, tokens, hot):
@@ -106,8 +101,9 @@ def test_self_attention_recorder_has_its_own_window_and_is_reset():
     assert recorder.recording_self(0, 10) == (own,) and recorder.recording_self(6, 10) == ()
     assert own not in recorder.recording(0, 10)
     own.add(0, torch.rand(1, 4, 4).softmax(-1), (2, 2))
+    recorder.shared.run = Run(10, (8, 8))
     recorder.reset()
-    assert own.rows() == []
+    assert own.rows() == [] and recorder.run == Run(10, (8, 8))
 
 
 def test_extended_recorders_share_what_they_record():
@@ -117,7 +113,7 @@ def test_extended_recorders_share_what_they_record():
     first = Recorder(store=store, self_store=self_store)
     second = first.extended(blend=MapAccumulator(4))
     assert second.store is store and second.self_store is self_store and first.blend is None
-    second.masks.current = torch.ones(1, 2, 2, dtype=torch.bool)
+    second.shared.masks = torch.ones(1, 2, 2, dtype=torch.bool)
     assert first.last_masks is not None  # the store's recorder shows the blend's masks
     third = Recorder(blend=MapAccumulator(4)).extended(store=store, self_store=self_store)
     assert third.store is store and third.blend is not None
@@ -128,11 +124,11 @@ def test_a_checkpoint_resumes_exactly_what_was_recorded():
     maps = torch.rand(2, 6, 5).softmax(-1)
     recorder.store.add(0, maps, (2, 3))
     recorder.blend.add(0, maps, (2, 3))
-    recorder.masks.current = torch.tensor([[[True, False]]])
+    recorder.shared.masks = torch.tensor([[[True, False]]])
     recorder.checkpoint(4, 10)
     before = recorder.store.mean(0).clone()
     recorder.store.add(0, torch.rand(2, 6, 5).softmax(-1), (2, 3))
-    recorder.masks.current = None
+    recorder.shared.masks = None
     assert not recorder.resume(5, 10)
     assert recorder.resume(4, 10)
     assert torch.equal(recorder.store.mean(0), before) and recorder.store.counts[0] == 2

@@ -2,7 +2,7 @@ import pytest
 from fake_clip import BOS, EOS, FakeTokenizer, comfy_stream
 
 from p2p_core.errors import PromptToPromptError
-from p2p_core.tokens import locate_words
+from p2p_core.tokens import MAX_CHUNKS, locate_words, readable
 
 
 @pytest.fixture
@@ -77,6 +77,23 @@ def test_sd2_zero_padding_is_not_a_word(tok):
     assert p.special_positions()[:3] == (0, 3, 4)
 
 
+def test_a_prompt_of_more_chunks_than_an_edit_takes_is_refused(tok):
+    text = "cat " * (MAX_CHUNKS * 75 + 1)  # one token into another chunk
+    assert len(comfy_stream([text], tok)) == MAX_CHUNKS + 1
+    with pytest.raises(PromptToPromptError, match=f"is {MAX_CHUNKS + 1} chunks of 75 tokens long"):
+        locate_words(text, comfy_stream([text], tok), [text], tok)
+    assert len(prompt("cat " * (MAX_CHUNKS * 75), tok).words) == MAX_CHUNKS * 75
+
+
+@pytest.mark.parametrize("weight", [float("nan"), float("inf")])
+def test_a_non_finite_word_weight_is_refused(tok, weight):
+    """'(cat:nan)' is parsed by ComfyUI into a NaN weight, which it multiplies into the conditioning."""
+    stream = [[(token, weight if word_id == 2 else 1.0, word_id) for token, _, word_id in chunk]
+              for chunk in comfy_stream(["a ", "cat"], tok)]
+    with pytest.raises(PromptToPromptError, match=f"weight {weight}; write a finite weight"):
+        locate_words(f"a (cat:{weight})", stream, ["a ", "cat"], tok)
+
+
 def test_missing_word_names_the_words_of_the_prompt(tok):
     p = prompt("a cat riding a bicycle", tok)
     with pytest.raises(PromptToPromptError, match="'dog' is not a word.*'bicycle'"):
@@ -91,3 +108,11 @@ def test_empty_word_is_an_error(tok):
 
 def test_empty_prompt_has_no_words(tok):
     assert prompt("", tok, pieces=[""]).words == ()
+
+
+def test_byte_level_pieces_read_as_the_characters_they_stand_for():
+    """CLIP's BPE spells bytes as Latin-1 lookalikes: 'é' is 'Ã©', '🐱' is 'ðŁĲ±', and '本' is split between
+    two pieces ('æľ', '¬'). People are shown the characters; a piece that only starts one shows its bytes."""
+    assert readable(["a</w>", "cafÃ©</w>", "ðŁĲ±</w>"]) == ["a", "café", "🐱"]
+    assert readable(["æĹ¥", "æľ", "¬</w>"]) == ["日", "<e6 9c>", "本"]
+    assert readable(["</w>"]) == [""]  # an embedding's placeholder piece

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,3 +66,19 @@ def sd1() -> tuple:
 
     model, clip, _ = executor.tiny_bundle("sd1")
     return model, clip
+
+
+@pytest.fixture(scope="session")
+def tiny_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The URL of a real ComfyUI server (live_server) with the pack, the tiny test models, and one textual-inversion
+    embedding of the tiny CLIP's width, 'tinystyle'."""
+    import live_server
+    import safetensors.torch
+    import torch
+
+    base = live_server.base_directory(tmp_path_factory.mktemp("comfy-tiny-server"))
+    (base / "models" / "embeddings").mkdir(parents=True)
+    safetensors.torch.save_file({"clip_l": torch.full((2, tiny.CLIP_HIDDEN), 0.1)},
+                                str(base / "models" / "embeddings" / "tinystyle.safetensors"))
+    with live_server.running(base) as url:
+        yield url

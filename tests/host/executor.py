@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import gc
+import hashlib
 import logging
 import os
 import uuid
@@ -59,7 +60,8 @@ class P2PTestTinyCheckpoint:
 
 
 class _CaptureNode:
-    """Output node storing its input tensor in ``CAPTURED[node_id]``.
+    """Output node storing its input tensor in ``CAPTURED[node_id]``, and reporting in its UI output (what a
+    server's history shows) the tensor's shape, whether it is finite, and a digest of its bytes.
 
     ``IS_CHANGED`` returns NaN (never equal to itself), so the node re-executes on every
     run even when the executor's output cache is kept.
@@ -82,7 +84,9 @@ class _CaptureNode:
 
     def _store(self, tensor: torch.Tensor, unique_id: str) -> dict[str, Any]:
         CAPTURED[str(unique_id)] = tensor.detach().clone()
-        return {"ui": {"shape": [list(tensor.shape)]}, "result": ()}
+        digest = hashlib.sha256(tensor.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()
+        return {"ui": {"shape": [list(tensor.shape)], "finite": [bool(torch.isfinite(tensor).all())],
+                       "digest": [digest]}, "result": ()}
 
 
 class P2PTestSaveLatent(_CaptureNode):
@@ -105,10 +109,21 @@ class P2PTestSaveImage(_CaptureNode):
         return self._store(images, unique_id)
 
 
+class P2PTestSaveMask(_CaptureNode):
+    """Captures a MASK tensor (e.g. ShowAttention's word masks) for the test to read."""
+
+    INPUT_NAME = "mask"
+    INPUT_TYPE = "MASK"
+
+    def capture(self, mask: torch.Tensor, unique_id: str) -> dict[str, Any]:
+        return self._store(mask, unique_id)
+
+
 TEST_NODE_CLASS_MAPPINGS: dict[str, type] = {
     "P2PTestTinyCheckpoint": P2PTestTinyCheckpoint,
     "P2PTestSaveLatent": P2PTestSaveLatent,
     "P2PTestSaveImage": P2PTestSaveImage,
+    "P2PTestSaveMask": P2PTestSaveMask,
 }
 
 

@@ -11,14 +11,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import checkpoint
+import live_server
 import pack
 import pytest
 import tiny
@@ -38,84 +37,24 @@ except ImportError:
     sync_playwright = None
 
 
-# ComfyUI's front end (1.27) registers UpscaleModelLoader as a model provider at start-up and breaks every
-# checkpoint combo when that node is missing, as it is on this CPU host (it needs torchvision). A stand-in
-# keeps the page working; it is only defined where the real node failed to import.
-FRONTEND_STUBS = """
-import nodes
-NODE_CLASS_MAPPINGS = {}
-if "UpscaleModelLoader" not in nodes.NODE_CLASS_MAPPINGS:
-    class UpscaleModelLoader:
-        CATEGORY = "loaders"
-        RETURN_TYPES = ("UPSCALE_MODEL",)
-        FUNCTION = "load"
-
-        @classmethod
-        def INPUT_TYPES(cls):
-            return {"required": {"model_name": ([],)}}
-    NODE_CLASS_MAPPINGS["UpscaleModelLoader"] = UpscaleModelLoader
-"""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get(url: str, timeout: float = 30) -> dict:
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        return json.loads(response.read())
-
-
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory) -> Path:
-    """A ComfyUI base directory: the pack in custom_nodes, the checkpoint under the examples' name, and a
-    small example.png for the real-image workflow."""
-    base = tmp_path_factory.mktemp("comfy-base")
-    (base / "custom_nodes").mkdir()
-    (base / "custom_nodes" / "comfyui-prompt-to-prompt").symlink_to(pack.REPO_ROOT, target_is_directory=True)
+    """A ComfyUI base directory: the checkpoint under the examples' name, and a small example.png for the
+    real-image workflow."""
+    base = live_server.base_directory(tmp_path_factory.mktemp("comfy-base"))
     (base / "models" / "checkpoints").mkdir(parents=True)
     (base / "models" / "checkpoints" / CHECKPOINT_NAME).symlink_to(checkpoint.sd15_checkpoint())
     (base / "input").mkdir()
     from PIL import Image
 
     Image.new("RGB", (64, 64), (180, 120, 60)).save(base / "input" / "example.png")
-    (base / "user" / "default").mkdir(parents=True)
-    (base / "user" / "default" / "comfy.settings.json").write_text('{"Comfy.TutorialCompleted": true}')
-    stubs = base / "custom_nodes" / "p2p_test_stubs"
-    stubs.mkdir()
-    (stubs / "__init__.py").write_text(FRONTEND_STUBS)
     return base
 
 
 @pytest.fixture(scope="module")
 def server(base_dir: Path):
-    port = _free_port()
-    log = open(base_dir / "server.log", "w")
-    process = subprocess.Popen(
-        [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch",
-         "--base-directory", str(base_dir), "--database-url", "sqlite:///:memory:"],
-        cwd=tiny.comfyui_path(), stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(240):
-            if process.poll() is not None:
-                break
-            try:
-                _get(url + "/object_info/ReplaceEdit", timeout=5)
-                break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("ComfyUI did not start")
-        if process.poll() is not None:
-            pytest.fail("ComfyUI exited:\n" + (base_dir / "server.log").read_text()[-3000:])
+    with live_server.running(base_dir) as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        log.close()
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +105,7 @@ def close_up(page, path: Path) -> None:
 def wait_for_history(server: str, before: set[str], timeout: float = 600) -> dict:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        history = _get(server + "/history")
+        history = live_server.get_json(server + "/history")
         new = [v for k, v in history.items() if k not in before]
         if new and new[0].get("status", {}).get("completed") is not None:
             return new[0]
@@ -196,7 +135,7 @@ def test_example_loads_previews_and_runs_in_the_real_ui(server, page, path):
     if previews:
         close_up(page, screenshots() / f"preview-{path.stem}.png")
     page.evaluate(SHRINK)
-    before = set(_get(server + "/history"))
+    before = set(live_server.get_json(server + "/history"))
     page.evaluate("async () => { await app.queuePrompt(0, 1); }")
     entry = wait_for_history(server, before)
     status = entry["status"]
@@ -229,6 +168,6 @@ def test_command_line_runs_an_example_and_explains_a_missing_checkpoint(tmp_path
 
 
 def test_examples_are_listed_as_templates_with_thumbnails(server):
-    listed = _get(server + "/api/workflow_templates")["comfyui-prompt-to-prompt"]
+    listed = live_server.get_json(server + "/api/workflow_templates")["comfyui-prompt-to-prompt"]
     assert sorted(listed) == [p.stem for p in EXAMPLES]
     assert all(p.with_suffix(".jpg").is_file() for p in EXAMPLES)

@@ -76,3 +76,42 @@ def test_chained_edit_with_another_source_prompt(p2p, sd1, error):
 def test_bad_word_window_syntax(p2p, sd1, error):
     with pytest.raises(error, match="word: 0.4"):
         replace(p2p, *sd1, word_windows="dog 0.4")
+
+
+# --- prompts ComfyUI would sample otherwise than the graph says ----------------------------------------
+
+@pytest.fixture
+def clip_with_embeddings(tmp_path):
+    """A tiny CLIP that looks up embeddings in an empty folder, as a checkpoint loader's CLIP does."""
+    clip = tiny.make_clip("sd1")
+    clip.tokenizer.clip_l.embedding_directory = [str(tmp_path)]
+    return clip
+
+
+def test_a_missing_embedding_is_named_with_where_embeddings_go(p2p, sd1, error, clip_with_embeddings, tmp_path):
+    """It used to be blamed on an unsupported tokenizer."""
+    with pytest.raises(error, match=f"embedding 'nothere' .* not found in {tmp_path}.*ComfyUI/models/embeddings"):
+        replace(p2p, sd1[0], clip_with_embeddings, source="a embedding:nothere cat", target="a embedding:nothere dog")
+
+
+def test_an_embedding_marker_without_a_name(p2p, sd1, error, clip_with_embeddings):
+    with pytest.raises(error, match="'embedding:' without an embedding name"):
+        replace(p2p, sd1[0], clip_with_embeddings, source="a cat embedding:", target="a dog embedding:")
+
+
+@pytest.mark.parametrize("weight", ["nan", "inf"])
+def test_a_non_finite_word_weight(p2p, sd1, error, weight):
+    with pytest.raises(error, match=f"weight {weight}; write a finite weight"):
+        replace(p2p, *sd1, target=f"a (dog:{weight}) riding a bicycle")
+
+
+def test_a_prompt_longer_than_an_edit_takes(p2p, sd1, error):
+    """2000 words: the swap mapper used to ask for a dense matrix of the square of the length."""
+    with pytest.raises(error, match="is 27 chunks of 75 tokens long.*up to 16 chunks"):
+        replace(p2p, *sd1, source="cat " * 2000, target="dog " * 2000)
+
+
+def test_the_inversion_refuses_an_empty_prompt_before_inverting(p2p, sd1, error):
+    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    with pytest.raises(error, match="The 'prompt' input of Invert Image is empty; describe the photo"):
+        p2p["NullTextInvert"]().invert(*sd1, " ", latent, "direct", 2, 7.5, "ddim_uniform")

@@ -121,15 +121,17 @@ def null_text_gradient(family: str, dtype: torch.dtype) -> torch.Tensor:
     cond = lambda x, s: model.model.apply_model(x, torch.tensor([s]), c_crossattn=cond_context)
     uncond = lambda x, s, e: model.model.apply_model(x, torch.tensor([s]), c_crossattn=e)
     options = inversion.half_precision(model.model, cond, uncond)
-    exact = options.get("exact", (cond, None))
+    exact_cond, exact_uncond = options.get("exact", (cond, None))
     reference = gentle(family)[0].model  # the pivot comes from the fp32 model, the same for every dtype
     with torch.no_grad():
         u, c = (reference.apply_model(x, torch.tensor([sigma]), c_crossattn=t) for t in (uncond_context, cond_context))
         step = core.euler_step(x, u + CFG * (c - u), sigma, sigma_next)
     target = step + 0.03 * torch.randn(step.shape, generator=torch.Generator().manual_seed(2))
     embedding = uncond_context.clone().float().requires_grad_(True)
-    loss = core.null_text_loss(exact[0](x, sigma), uncond, embedding, x, sigma, sigma_next,
-                               core.diffusers_scale(target, sigma_next), CFG, exact[1])
+    with torch.no_grad():
+        value = None if exact_uncond is None else exact_uncond(x, sigma, embedding)
+    loss = core.null_text_loss(exact_cond(x, sigma), uncond(x, sigma, embedding), value, x, sigma, sigma_next,
+                               core.diffusers_scale(target, sigma_next), CFG)
     assert core.scaled_backward(loss, embedding, options.get("loss_scale", 1.0))
     return embedding.grad
 
@@ -243,12 +245,46 @@ def test_sampling_with_added_noise_or_another_sampler(p2p, error):
         advanced(inverted, clip, encode(clip, PROMPT), latent, sampler="dpmpp_2m")
 
 
+def edit(p2p, model, clip, latent=None):
+    return p2p["ReplaceEdit"]().apply(model, clip, "", "a photo of a dog", 0.8, 0.5, 64, 64, latent=latent)
+
+
 def test_a_latent_of_another_size_at_the_edit(p2p, error):
     model, clip, _ = executor.tiny_bundle("sd1")
     inverted, _ = invert(p2p, model, clip, "direct")
-    edited, positive, batch = p2p["ReplaceEdit"]().apply(inverted, clip, "", "a photo of a dog", 0.8, 0.5, 96, 96)
     with pytest.raises(error, match="inverted one of"):
-        advanced(edited, clip, positive, batch)
+        edit(p2p, inverted, clip, nodes.EmptyLatentImage().generate(96, 96, 1)[0])
+
+
+def test_the_edit_latent_left_unconnected_after_an_inversion(p2p, error):
+    """It used to sample an empty latent: another picture, and no message."""
+    model, clip, _ = executor.tiny_bundle("sd1")
+    inverted, _ = invert(p2p, model, clip, "direct")
+    with pytest.raises(error, match="latent input is not connected.*NullTextInvert's LATENT output"):
+        edit(p2p, inverted, clip)
+
+
+@pytest.mark.parametrize("other", ["photo", "empty"])
+def test_another_latent_than_the_inverted_one_at_the_edit(p2p, error, other):
+    model, clip, _ = executor.tiny_bundle("sd1")
+    inverted, _ = invert(p2p, model, clip, "direct")
+    latent = image_latent() if other == "photo" else nodes.EmptyLatentImage().generate(64, 64, 1)[0]
+    with pytest.raises(error, match="not the one NullTextInvert inverted.*NullTextInvert's LATENT output"):
+        edit(p2p, inverted, clip, latent)
+
+
+@pytest.mark.parametrize("with_edit", [True, False], ids=["edit", "reconstruction"])
+def test_sampling_another_latent_than_the_inverted_one(p2p, error, with_edit):
+    """The edit node's latent is right, but the sampler gets another one (the photo's, here)."""
+    model, clip, _ = executor.tiny_bundle("sd1")
+    inverted, latent = invert(p2p, model, clip, "direct")
+    model, positive, batch = edit(p2p, inverted, clip, latent) if with_edit else (inverted, encode(clip, PROMPT),
+                                                                                    latent)
+    rows = batch["samples"].shape[0]
+    photo = {"samples": image_latent()["samples"].repeat(rows, 1, 1, 1), "batch_index": [0] * rows}
+    with pytest.raises(error, match="not the one NullTextInvert inverted"):
+        advanced(model, clip, positive, photo)
+    advanced(model, clip, positive, batch)  # the inverted latent itself samples
 
 
 def test_a_model_without_an_unconditional_branch(p2p, error):

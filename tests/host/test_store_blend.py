@@ -140,8 +140,31 @@ def test_a_larger_latent_at_the_sampler_is_refused_before_its_maps_are_built(p2p
 def test_show_attention_before_sampling_says_what_to_do(p2p, error):
     model, clip, _ = executor.tiny_bundle("sd1")
     _, _, _, record = store(p2p, model, clip)
-    with pytest.raises(error, match="No attention maps were recorded"):
+    with pytest.raises(error, match="No attention maps were recorded yet: no sampler has run"):
         p2p["ShowAttention"]().show(record, torch.zeros(1, 64, 64, 3), 0, "", 0.6)
+
+
+@pytest.mark.parametrize("start,end", [(0.5, 0.5), (0.7, 0.2)])
+def test_an_empty_window_is_refused_at_the_store(p2p, error, start, end):
+    model, clip, _ = executor.tiny_bundle("sd1")
+    with pytest.raises(error, match=f"window is empty \\(start {start:g}, end {end:g}\\).*Set end above start"):
+        store(p2p, model, clip, start=start, end=end)
+
+
+def test_a_window_shorter_than_a_step_says_why_nothing_was_recorded(p2p, error):
+    """0.1 of 6 steps holds no whole step: the old message blamed the wiring."""
+    model, clip, _ = executor.tiny_bundle("sd1")
+    patched, positive, latent, record = store(p2p, model, clip, start=0.0, end=0.1, width=64, height=96)
+    sample(patched, clip, positive, latent)
+    with pytest.raises(error, match=r"level 1/2 \(layers of 6x4 pixels for the 12x8 latent of the last run\) in "
+                                    r"the window 0-0.1, which holds no whole step of that run's 6\. Widen"):
+        p2p["ShowAttention"]().show(record, torch.zeros(1, 96, 64, 3), 0, "", 0.6)
+
+
+def test_the_store_names_its_own_empty_prompt_input(p2p, error):
+    model, clip, _ = executor.tiny_bundle("sd1")
+    with pytest.raises(error, match="The 'prompt' input of Attention Store is empty"):
+        store(p2p, model, clip, prompt="  ")
 
 
 # --- LocalBlendMask -------------------------------------------------------------------------------------

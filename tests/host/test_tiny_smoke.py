@@ -104,7 +104,7 @@ def test_workflow_runs_through_executor() -> None:
     latent, image = result["captured"]["6"], result["captured"]["8"]
     assert latent.shape == (1, 4, 8, 8) and torch.isfinite(latent).all()
     assert image.shape == (1, 64, 64, 3) and 0 <= image.min() and image.max() <= 1
-    assert result["outputs"]["6"] == {"shape": [[1, 4, 8, 8]]}
+    assert result["outputs"]["6"]["shape"] == [[1, 4, 8, 8]] and result["outputs"]["6"]["finite"] == [True]
 
     again = executor.run_workflow(workflow("sd1"), keep_cache=True)  # cached upstream nodes
     assert again["success"] and torch.equal(again["captured"]["6"], latent)

@@ -6,6 +6,7 @@ import executor
 import pack
 import pytest
 import tiny
+import torch
 
 tiny.import_comfy()
 
@@ -64,3 +65,33 @@ def test_sd2_pads_with_zero_yet_words_stay_words(text):
     tokens = text.tokenize_prompt(clip, "a cat")
     assert tokens.ids[3] == 49407 and tokens.ids[4:7] == (0, 0, 0)  # EOS, then zero padding
     assert [w.positions for w in tokens.words] == [(1,), (2,)]
+
+
+def test_words_after_an_embedding_are_words_of_their_own(text, tmp_path):
+    """ComfyUI tokenizes 'embedding:name cat riding' as the embedding, then 'cat riding' as a piece of its own;
+    those words used to be lost (and 'cat' was 'not a word of the prompt')."""
+    import safetensors.torch
+
+    safetensors.torch.save_file({"clip_l": torch.ones(2, tiny.CLIP_HIDDEN)}, str(tmp_path / "tinystyle.safetensors"))
+    clip = tiny.make_clip("sd1")
+    clip.tokenizer.clip_l.embedding_directory = [str(tmp_path)]
+    tokens = text.tokenize_prompt(clip, "a photo of embedding:tinystyle cat riding")
+    assert [w.text for w in tokens.words] == ["a", "photo", "of", "embedding:tinystyle", "cat", "riding"]
+    assert len(tokens.words[3].tokens) == 2 and tokens.token_texts()[3:5] == ["embedding:tinystyle"] * 2
+    assert tokens.find("cat", text.word_tokenizer(clip)) == tokens.words[4].positions
+
+
+@pytest.mark.parametrize("prompt", ["a café in München", "a 🐱 on a 日本 mat", "naïve ✨"])
+def test_token_texts_are_the_characters_they_stand_for(text, prompt):
+    """Byte-level BPE shows 'é' as 'Ã©'; the texts shown to people are the characters again: a word's token
+    texts join up to the word (CLIP lower-cases), a token holding only part of a character shows its bytes."""
+    clip = executor.tiny_bundle("sd1")[1]
+    tokens = text.tokenize_prompt(clip, prompt)
+    texts = iter(tokens.token_texts())
+    shown = ["".join(t for t in (next(texts) for _ in word.tokens) if not t.startswith("<")) for word in tokens.words]
+    assert shown == prompt.lower().split()
+
+
+def test_a_character_split_between_tokens_shows_where_it_is_complete(text):
+    clip = executor.tiny_bundle("sd1")[1]
+    assert text.tokenize_prompt(clip, "café 日本").token_texts() == ["café", "日", "<e6 9c>", "本"]

@@ -1,0 +1,127 @@
+"""The token preview's route, POST /prompt_to_prompt/tokens, on the real server: anything that is not the
+documented payload gets a 4xx with a message within a second, and the server keeps answering meanwhile.
+
+The route shares ComfyUI's event loop with the queue and the UI. It used to answer a JSON list, string, number or
+null, or a mistyped field, with a 500, and a 1 MB prompt held the loop for 14.5 s (the swap mapper asked for
+290 GB) while the whole server, GET /system_stats included, waited.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import live_server
+import pytest
+
+ROUTE = "/prompt_to_prompt/tokens"
+LIMIT_S = 1.0
+
+MALFORMED = {
+    "a list": [1, 2],
+    "a string": "a cat",
+    "a number": 5,
+    "null": None,
+    "targets a number": {"kind": "replace", "source": "a cat", "targets": 5},
+    "targets nested": {"kind": "refine", "source": "a cat", "targets": [["a dog"]]},
+    "source a number": {"kind": "replace", "source": 5, "targets": ["a dog"]},
+    "source NaN": b'{"kind": "replace", "source": NaN}',
+    "words an object": {"kind": "reweight", "source": "a cat", "words": {"cat": 2}},
+    "unknown kind": {"kind": "teleport", "source": "a cat"},
+    "not JSON": b"{'kind': 'replace'",
+    "not UTF-8": b'{"source": "\xff\xfe"}',
+    "nested 100000 deep": b"[" * 100_000 + b"]" * 100_000,
+    "nested object 30000 deep": b'{"source": ' + b'{"a": ' * 30_000 + b"1" + b"}" * 30_001,
+}
+OVERSIZED = {
+    "a 1 MB prompt": {"kind": "replace", "source": "cat " * 250_000, "targets": ["dog " * 250_000]},
+    "a 5000-word refine": {"kind": "refine", "source": "a house " * 2500, "targets": ["a wooden house " * 1700]},
+    "65 targets": {"kind": "blend", "source": "a cat", "targets": ["a dog"] * 65},
+    "many small fields": {"kind": "blend", "source": "a cat", "targets": ["a dog"] * 60, "edit_words": "x" * 300_000},
+}
+
+
+def timed_post(url: str, body) -> tuple[int, object, float]:
+    started = time.perf_counter()
+    status, answer = live_server.post(url + ROUTE, body, timeout=60)
+    return status, answer, time.perf_counter() - started
+
+
+class StatsPoller(threading.Thread):
+    """GET /system_stats every 50 ms until `finish`, keeping how long each answer took."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url, self.latencies, self.stop = url, [], threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            started = time.perf_counter()
+            live_server.get_json(self.url + "/system_stats", timeout=60)
+            self.latencies.append(time.perf_counter() - started)
+            time.sleep(0.05)
+
+    def finish(self) -> list[float]:
+        self.stop.set()
+        self.join(timeout=60)
+        return self.latencies
+
+
+@pytest.fixture
+def poller(tiny_server: str):
+    poller = StatsPoller(tiny_server)
+    poller.start()
+    yield poller
+    poller.finish()
+
+
+REFUSED = [(name, body, 400) for name, body in MALFORMED.items()] + \
+          [(name, body, 413) for name, body in OVERSIZED.items()]
+
+
+@pytest.mark.parametrize("name,body,status", REFUSED, ids=[name for name, _, _ in REFUSED])
+def test_a_refused_payload_gets_its_4xx_within_a_second_while_the_server_answers_others(
+        tiny_server: str, poller: StatsPoller, name: str, body, status: int):
+    """400 for what is not the documented payload, 413 for more than a prompt can usefully hold."""
+    answered, answer, seconds = timed_post(tiny_server, body)
+    assert answered == status and answer["error"], (answered, answer)
+    assert seconds < LIMIT_S
+    latencies = poller.finish()
+    assert latencies and max(latencies) < LIMIT_S
+
+
+def test_the_longest_prompts_the_preview_takes_do_not_hold_the_server(tiny_server: str, poller: StatsPoller):
+    """A blend chain of 20 edited rows of 1100 tokens each (just under 16 chunks), aligned and marked: the work
+    runs off the event loop, so /system_stats answers meanwhile."""
+    long = "a cat riding a bicycle " * 220
+    body = {"kind": "blend", "source": long, "targets": [long.replace("cat", "dog")] * 20, "source_words": "cat",
+            "edit_words": "dog"}
+    status, answer, seconds = timed_post(tiny_server, body)
+    latencies = poller.finish()
+    assert status == 200 and answer["error"] is None and len(answer["rows"]) == 21, answer.get("error")
+    assert len(latencies) >= 2 and max(latencies) < LIMIT_S
+    print(f"20 rows of 1100 tokens: {seconds:.2f} s; /system_stats meanwhile: {len(latencies)} answers, "
+          f"slowest {max(latencies) * 1000:.0f} ms")
+
+
+def test_the_answer_shows_non_ascii_tokens_as_their_characters(tiny_server: str):
+    status, answer = live_server.post(tiny_server + ROUTE, {"kind": "replace", "source": "a café",
+                                                            "targets": ["a naïve"]})
+    assert status == 200
+    assert [[t["text"] for t in row["tokens"]] for row in answer["rows"]] == [["a", "café"], ["a", "na", "ï", "ve"]]
+
+
+def test_a_prompt_the_edit_would_refuse_is_shown_as_its_error(tiny_server: str):
+    """Too long for an edit but within the route's size: the preview shows the node's own message."""
+    status, answer = live_server.post(tiny_server + ROUTE, {"kind": "replace", "source": "cat " * 1300,
+                                                            "targets": ["dog"]})
+    assert status == 200 and answer["rows"] == [] and "up to 16 chunks" in answer["error"]
+
+
+def test_requests_sent_as_the_front_end_sends_them_still_work(tiny_server: str):
+    body = json.dumps({"kind": "reweight", "source": "a fluffy bear", "targets": ["a fluffy bear"],
+                       "words": "fluffy", "extra": "ignored"}).encode()
+    status, answer = live_server.post(tiny_server + ROUTE, body)
+    assert status == 200 and answer["error"] is None
+    assert [t["marks"] for t in answer["rows"][1]["tokens"]] == [[], ["reweighted"], []]
