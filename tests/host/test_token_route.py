@@ -13,6 +13,7 @@ import threading
 import time
 
 import live_server
+import pack
 import pytest
 
 ROUTE = "/prompt_to_prompt/tokens"
@@ -125,3 +126,13 @@ def test_requests_sent_as_the_front_end_sends_them_still_work(tiny_server: str):
     status, answer = live_server.post(tiny_server + ROUTE, body)
     assert status == 200 and answer["error"] is None
     assert [t["marks"] for t in answer["rows"][1]["tokens"]] == [[], ["reweighted"], []]
+
+
+def test_two_copies_of_the_pack_still_start_the_server_and_serve_the_route(tmp_path):
+    """An old folder beside a Manager install: both copies load, and the route is registered once (aiohttp
+    refuses to start a server with one route twice)."""
+    base = live_server.base_directory(tmp_path)
+    (base / "custom_nodes" / "comfyui-prompt-to-prompt-old").symlink_to(pack.REPO_ROOT, target_is_directory=True)
+    with live_server.running(base) as url:
+        status, answer = live_server.post(url + ROUTE, {"kind": "replace", "source": "a cat", "targets": ["a dog"]})
+    assert status == 200 and [row["label"] for row in answer["rows"]] == ["source", "edit 1"]
