@@ -3,6 +3,8 @@
 The UI format stores widget values as a list in widget order; the executor wants named inputs. The order
 comes from each node class's INPUT_TYPES, as the front end builds it: required then optional inputs, one
 value per widget, plus the extra 'control after generate' value the front end keeps after seed widgets.
+A widget the file has no value for (added to the node after the file was saved) gets its default, as the front
+end gives it.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ def to_api_prompt(workflow: Mapping[str, Any], node_classes: Mapping[str, type])
                 if _is_widget(input_spec) and cursor < len(values):
                     inputs[name] = values[cursor]
                     cursor += 1 + _has_control_value(name, input_spec, options)
+                elif _is_widget(input_spec) and "default" in options:
+                    inputs[name] = options["default"]  # a widget added after the file was saved, as the front end does
                 if name in linked:
                     link = links[linked[name]]
                     inputs[name] = [str(link[1]), link[2]]

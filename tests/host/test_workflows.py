@@ -23,6 +23,41 @@ def saved_images(prompt, result):
     return result["captured"][save]
 
 
+def widget_slots(node_class: type) -> int:
+    """How many values the front end saves for a node: one per widget, two for a seed-like widget."""
+    workflow = pack.module("nodes.workflow")
+    count = 0
+    for section in node_class.INPUT_TYPES().values():
+        for name, spec in section.items():
+            options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+            if workflow._is_widget(spec):
+                count += 1 + workflow._has_control_value(name, spec, options)
+    return count
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_example_saves_a_value_for_every_widget_of_the_pack(path):
+    pack.load()
+    import nodes
+
+    for node in json.loads(path.read_text())["nodes"]:
+        if node["type"] in PACK_NODES:
+            assert len(node["widgets_values"]) == widget_slots(nodes.NODE_CLASS_MAPPINGS[node["type"]]), node
+
+
+def test_a_widget_missing_from_an_older_file_gets_its_default():
+    """The front end gives a widget added after a file was saved its default; so must the command line."""
+    pack.load()
+    import nodes
+
+    path = pack.REPO_ROOT / "example_workflows" / "attention_maps.json"
+    workflow = json.loads(path.read_text())
+    show = next(n for n in workflow["nodes"] if n["type"] == "ShowAttention")
+    show["widgets_values"] = show["widgets_values"][:3]
+    prompt = pack.module("nodes.workflow").to_api_prompt(workflow, nodes.NODE_CLASS_MAPPINGS)
+    assert prompt[str(show["id"])]["inputs"]["components"] == 10
+
+
 def test_every_node_has_an_example():
     used = {node["type"] for path in EXAMPLES for node in json.loads(path.read_text())["nodes"]}
     assert PACK_NODES <= used
@@ -52,3 +87,12 @@ def test_bad_input_reaches_the_user_as_a_clear_message():
     result = executor.run_workflow(prompt, [str(pack.REPO_ROOT)])
     assert not result["success"]
     assert "same number of words" in result["error_message"] and "RefineEdit" in result["error_message"]
+
+
+@pytest.mark.parametrize("assignment, value", [("ShowAttention.words=", ""), ("ShowAttention.words=1st", "1st"),
+                                               ("ShowAttention.row=1", 1), ("ShowAttention.words=-", "-")])
+def test_command_line_set_keeps_text_that_is_not_json(assignment, value):
+    pack.load()
+    prompt = {"7": {"class_type": "ShowAttention", "inputs": {}}}
+    pack.module("nodes.headless")._set(prompt, assignment)
+    assert prompt["7"]["inputs"][assignment.partition(".")[2].partition("=")[0]] == value
