@@ -7,6 +7,7 @@ size, input image), runs it with ComfyUI's PromptExecutor and reports the images
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -102,7 +103,10 @@ def _set(prompt: dict[str, dict], assignment: str) -> None:
     node_key, dot, name = target.partition(".")
     if not sep or not dot:
         raise PromptToPromptError(f"Cannot read --set {assignment!r}: write NodeType.input=value.")
-    parsed: Any = json.loads(value) if value[:1] in "0123456789-[{\"" or value in ("true", "false") else value
+    parsed: Any = value
+    if value and (value[0] in "0123456789-[{\"" or value in ("true", "false")):
+        with contextlib.suppress(json.JSONDecodeError):  # text that merely starts like a number stays text
+            parsed = json.loads(value)
     matched = [n for i, n in prompt.items() if node_key in (i, n["class_type"])]
     if not matched:
         raise PromptToPromptError(f"--set {assignment!r}: no node '{node_key}' in the workflow.")
@@ -114,12 +118,22 @@ def run(workflow: Path, overrides: Overrides, output: Path, node_classes: dict[s
     """Run the workflow; return the image files it wrote. Raises PromptToPromptError with the node's message."""
     prompt = load_prompt(workflow, node_classes)
     apply_overrides(prompt, overrides)
+    images = execute(prompt, output)
+    return [path for node in images.values() for kind, path in node if kind == "output"]
+
+
+def execute(prompt: dict[str, dict], output: Path) -> dict[str, list[tuple[str, Path]]]:
+    """Validate and run an API prompt with ComfyUI's executor, saving into ``output``.
+
+    Returns, per node that showed images, each image's type ("output" for saved, "temp" for previews) and file.
+    Raises PromptToPromptError with ComfyUI's validation message or the failing node's message.
+    """
     output.mkdir(parents=True, exist_ok=True)
     folder_paths.set_output_directory(str(output))
     import asyncio
 
     valid, error, outputs, node_errors = asyncio.run(execution.validate_prompt("cli", prompt, None))
-    if not valid:
+    if not valid or node_errors:  # ComfyUI runs the valid outputs and drops the rest; a command must not
         details = "; ".join(f"{i}: {e}" for i, e in node_errors.items()) if node_errors else ""
         raise PromptToPromptError(f"The workflow is not valid: {error.get('message', error)} {details}".strip())
     executor = execution.PromptExecutor(_Server(), cache_type=execution.CacheType.CLASSIC)
@@ -127,9 +141,8 @@ def run(workflow: Path, overrides: Overrides, output: Path, node_classes: dict[s
     failure = next((data for event, data in executor.status_messages if event == "execution_error"), None)
     if failure is not None:
         raise PromptToPromptError(f"{failure.get('node_type')} failed: {str(failure.get('exception_message')).strip()}")
-    written = []
-    for ui in executor.history_result.get("outputs", {}).values():
-        for image in ui.get("images", []):
-            if image.get("type") == "output":
-                written.append(Path(folder_paths.get_output_directory(), image.get("subfolder", ""), image["filename"]))
-    return [Path(os.path.normpath(p)) for p in written]
+    folders = {"output": folder_paths.get_output_directory(), "temp": folder_paths.get_temp_directory()}
+    return {node: [(image["type"], Path(os.path.normpath(Path(folders[image["type"]], image.get("subfolder", ""),
+                                                              image["filename"]))))
+                   for image in ui.get("images", []) if image.get("type") in folders]
+            for node, ui in executor.history_result.get("outputs", {}).items()}
