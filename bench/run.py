@@ -71,7 +71,8 @@ DESCRIPTIONS = {
     "replace + attention store": "replace, then AttentionStore recording every row at level 1/4, all steps",
     "naive plain": "plain, with every attention call replaced by explicit softmax (attention_basic)",
     "plain euler_ancestral": "plain, sampled with euler_ancestral (every row draws its own step noise)",
-    "replace euler_ancestral": "replace, sampled with euler_ancestral (every row shares the source's step noise); its ratio is to plain euler_ancestral",
+    "replace euler_ancestral": ("replace, sampled with euler_ancestral (every row shares the source's step noise); "
+                                "its ratio is to plain euler_ancestral"),
     "plain 1 row": "one row (the source prompt) sampled with CFG: the inversion baseline",
     "null-text": "NullTextInvert null-text: DDIM inversion + per-step unconditional-embedding optimisation",
     "negative-prompt": "NullTextInvert negative-prompt: DDIM inversion only (prompt used as the negative)",
