@@ -1,10 +1,11 @@
 """Command line: run a Prompt-to-Prompt workflow headless, without ComfyUI's GUI.
 
     python path/to/comfyui-prompt-to-prompt run example_workflows/replace_word_swap.json --ckpt model.safetensors
+    python path/to/comfyui-prompt-to-prompt demo --output demo   # every example on the bundled demo model
 
 ComfyUI is found from --comfyui, COMFYUI_PATH, or the folder this pack is installed in (custom_nodes/..).
 This file only finds and starts ComfyUI and loads the pack the way ComfyUI does; the work is in
-nodes/headless.py.
+nodes/headless.py and nodes/demo.py.
 """
 
 from __future__ import annotations
@@ -40,8 +41,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--seed", type=int, help="seed for every sampler")
     run.add_argument("--set", dest="sets", action="append", default=[], metavar="NODE.INPUT=VALUE",
                      help="set any input, by node type or id, e.g. --set ReplaceEdit.target_prompt='a dog'")
-    run.add_argument("--comfyui", help="ComfyUI folder (default: COMFYUI_PATH, or the one this pack is in)")
-    run.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
+    demo = commands.add_parser("demo", help="run every example on the bundled demo model; write labelled grids")
+    demo.add_argument("--output", type=Path, default=Path("demo"), help="folder for the grids (default ./demo)")
+    for command in (run, demo):
+        command.add_argument("--comfyui", help="ComfyUI folder (default: COMFYUI_PATH, or the one this pack is in)")
+        command.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
     return parser.parse_args(argv)
 
 
@@ -61,10 +65,15 @@ def main(argv: list[str] | None = None) -> int:
     if not asyncio.run(nodes.load_custom_node(str(PACK))):
         sys.exit("ComfyUI could not load this pack; see the messages above.")
     package = sys.modules[nodes.NODE_CLASS_MAPPINGS["ReplaceEdit"].__module__.rsplit(".", 2)[0]]
-    headless = importlib.import_module(f"{package.__name__}.nodes.headless")
-    overrides = headless.Overrides(args.ckpt, args.steps, args.width, args.height, args.image, args.seed, args.sets)
     try:
-        written = headless.run(args.workflow, overrides, args.output.resolve(), nodes.NODE_CLASS_MAPPINGS)
+        if args.command == "demo":
+            demo = importlib.import_module(f"{package.__name__}.nodes.demo")
+            written = demo.run(args.output.resolve(), nodes.NODE_CLASS_MAPPINGS)
+        else:
+            headless = importlib.import_module(f"{package.__name__}.nodes.headless")
+            overrides = headless.Overrides(args.ckpt, args.steps, args.width, args.height, args.image, args.seed,
+                                           args.sets)
+            written = headless.run(args.workflow, overrides, args.output.resolve(), nodes.NODE_CLASS_MAPPINGS)
     except importlib.import_module(f"{package.__name__}.p2p_core.errors").PromptToPromptError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -1,0 +1,158 @@
+"""`python <pack> demo --output DIR`: every example workflow on the bundled demo model, as labelled grids.
+
+No argument and no download: each example_workflows/*.json is loaded as it ships, its checkpoint loader is
+swapped for the Prompt-to-Prompt Demo Model, its prompts are set to toy-world captions (toy/scenes.py), and it
+runs through ComfyUI's executor like `run` does. The pictures it saved and previewed become one grid per example:
+the source and edited images with their prompts under them, then the heatmaps and masks it showed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from ..toy import scenes
+from .headless import Overrides, apply_overrides, execute, load_prompt
+from .store_nodes import label
+
+EXAMPLES_FOLDER = Path(__file__).resolve().parent.parent / "example_workflows"
+SIZE = scenes.SIZE
+STEPS = 20
+#: Grid tiles are drawn at twice the model's size, so the 128-pixel pictures and their labels stay readable.
+TILE = 2 * SIZE
+THREE = "a big red circle, a small blue square and a big green triangle on a white background"
+TWO = "a big red circle and a small blue square on a white background"
+ONE = "a big red circle on a white background"
+#: The scene the real-image example inverts: drawn by the generator, never seen by the model.
+PHOTO = scenes.Scene((scenes.Thing("big", "yellow", "square", 44, 60), scenes.Thing("small", "red", "circle", 92, 80)),
+                     "black")
+
+
+@dataclass(frozen=True)
+class Example:
+    """One demo run: which example workflow, what it is set to, and how to title its grid."""
+
+    name: str
+    workflow: str
+    title: str
+    sets: tuple[str, ...]
+    seed: int = 3
+
+
+def _swap(source: str, target: str, **extra: str) -> tuple[str, ...]:
+    return (f"source_prompt={source}", f"target_prompt={target}", *(f"{k}={v}" for k, v in extra.items()))
+
+
+EXAMPLES = (
+    Example("word_swap_colour", "replace_word_swap.json", "Replace: red -> yellow",
+            tuple(f"ReplaceEdit.{s}" for s in _swap(TWO, TWO.replace("red", "yellow")))),
+    Example("word_swap_shape", "replace_word_swap.json", "Replace: circle -> triangle",
+            tuple(f"ReplaceEdit.{s}" for s in _swap(TWO, TWO.replace("circle", "triangle")))),
+    Example("refine", "refine_add_words.json", "Refine: add 'and a small blue square'",
+            tuple(f"RefineEdit.{s}" for s in _swap(ONE, TWO))),
+    Example("reweight", "reweight_word.json", "Reweight: 'big' x -2 (new row)",
+            ("Reweight.source_prompt=" + TWO, "Reweight.words=big", "Reweight.scale=-2")),
+    Example("local_blend", "local_blend_word_swap.json", "Replace + local blend on 'square': blue -> green",
+            (*(f"ReplaceEdit.{s}" for s in _swap(TWO, TWO.replace("blue", "green"))),
+             "LocalBlendMask.source_words=square", "LocalBlendMask.edit_words=square",
+             "LocalBlendMask.subtract_words=", "ShowAttention.words=square")),
+    Example("attention_maps", "attention_maps.json", "Attention maps of the source prompt",
+            (f"AttentionStore.prompt={THREE}", "ShowAttention.words=circle, square, triangle")),
+    Example("real_image", "real_image_edit.json", "Real image (null-text inversion): yellow -> blue square",
+            (f"NullTextInvert.prompt={PHOTO.caption}",
+             f"ReplaceEdit.target_prompt={PHOTO.caption.replace('yellow', 'blue')}")),
+)
+
+
+def run(output: Path, node_classes: dict[str, type]) -> list[Path]:
+    """Run every example into ``output``; return the grid files written (one per example)."""
+    photo = output / "inputs" / "toy_scene.png"
+    photo.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(scenes.draw(PHOTO)[0]).save(photo)
+    grids = []
+    for example in EXAMPLES:
+        print(f"demo: {example.name}", flush=True)
+        prompt = load_prompt(EXAMPLES_FOLDER / example.workflow, node_classes)
+        for node in prompt.values():
+            if node["class_type"] == "CheckpointLoaderSimple":
+                node["class_type"], node["inputs"] = "PromptToPromptDemoModel", {}
+            if node["class_type"] == "CLIPTextEncode":
+                node["inputs"]["text"] = ""  # the demo model learnt an empty negative prompt
+        apply_overrides(prompt, Overrides(steps=STEPS, width=SIZE, height=SIZE, image=str(photo), seed=example.seed,
+                                          sets=list(example.sets)))
+        images = execute(prompt, output / example.name)
+        grid = output / f"{example.name}.png"
+        _grid(example.title, _prompts(prompt), _tiles(prompt, images)).save(grid)
+        grids.append(grid)
+    return grids
+
+
+def _prompts(prompt: dict[str, dict]) -> list[tuple[str, str]]:
+    """(tile label, prompt) of each row the example samples: the source first, then the edit."""
+    inputs = {node["class_type"]: node["inputs"] for node in prompt.values()}
+    if "AttentionStore" in inputs:
+        return [("source", inputs["AttentionStore"]["prompt"])]
+    if "NullTextInvert" in inputs:
+        return [("inverted scene", inputs["NullTextInvert"]["prompt"]),
+                ("edit", inputs["ReplaceEdit"]["target_prompt"])]
+    if "Reweight" in inputs:
+        weight = inputs["Reweight"]
+        return [("source", weight["source_prompt"]), (f"'{weight['words']}' x {weight['scale']}", "")]
+    edit = inputs.get("ReplaceEdit") or inputs["RefineEdit"]
+    return [("source", edit["source_prompt"]), ("edit", edit["target_prompt"])]
+
+
+MASK_OUTPUTS = {1: "word mask", 2: "blend mask"}  # ShowAttention's MASK outputs
+
+
+def _preview_label(prompt: dict[str, dict], preview: str) -> str | None:
+    """A label for a previewed mask (MaskToImage of a ShowAttention output); None for already labelled images."""
+    source = prompt[preview]["inputs"]["images"][0]
+    if prompt[source]["class_type"] != "MaskToImage":
+        return None
+    show, output = prompt[source]["inputs"]["mask"]
+    words = prompt[show]["inputs"].get("words", "")
+    return f"{MASK_OUTPUTS.get(output, 'mask')}: {words}" if output == 1 else MASK_OUTPUTS.get(output, "mask")
+
+
+def _tiles(prompt: dict[str, dict], images: dict[str, list[tuple[str, Path]]]) -> list[torch.Tensor]:
+    """Saved pictures labelled as rows, then every previewed image (heatmaps come labelled; masks get one)."""
+    saved = [path for node in images.values() for kind, path in node if kind == "output"]
+    tiles = [label(_read(path), text) for path, (text, _) in zip(saved, _prompts(prompt))]
+    for node in sorted(images, key=int):
+        for kind, path in images[node]:
+            if kind == "temp":
+                text = _preview_label(prompt, node)
+                tiles.append(_read(path) if text is None else label(_read(path), text))
+    return tiles
+
+
+def _read(path: Path) -> torch.Tensor:
+    image = Image.open(path).convert("RGB")
+    scale = TILE / image.width
+    image = image.resize((TILE, round(image.height * scale)), Image.NEAREST)
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255)
+
+
+def _text_strip(lines: list[str], width: int, height: int = 22) -> torch.Tensor:
+    """White lines of text on black, left-aligned, one ``height`` strip each."""
+    strip = Image.new("RGB", (width, height * len(lines)), (0, 0, 0))
+    draw = ImageDraw.Draw(strip)
+    font = ImageFont.load_default(size=height * 3 // 4)
+    for row, line in enumerate(lines):
+        draw.text((8, row * height + height // 8), line, fill=(255, 255, 255), font=font)
+    return torch.from_numpy(np.asarray(strip, dtype=np.float32) / 255)
+
+
+def _grid(title: str, prompts: list[tuple[str, str]], tiles: list[torch.Tensor], columns: int = 4) -> Image.Image:
+    """Tiles in rows of ``columns`` (padded to the tallest), under the title and the rows' prompts."""
+    height = max(t.shape[0] for t in tiles)
+    tiles = [torch.cat([t, torch.zeros(height - t.shape[0], TILE, 3)]) for t in tiles]
+    tiles += [torch.zeros(height, TILE, 3)] * (-len(tiles) % columns)
+    body = torch.cat([torch.cat(tiles[i:i + columns], dim=1) for i in range(0, len(tiles), columns)])
+    header = _text_strip([title] + [f"{name}: {text}" for name, text in prompts if text], body.shape[1])
+    return Image.fromarray((torch.cat([header, body]).clamp(0, 1) * 255).round().byte().numpy())

@@ -1,0 +1,74 @@
+"""The toy world's scene generator and measurement (toy/), and the demo model file the pack ships."""
+
+from __future__ import annotations
+
+import numpy as np
+import pack
+import pytest
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return pack.module("toy.scenes"), pack.module("toy.measure")
+
+
+def test_scenes_are_deterministic_from_the_seed(toy):
+    scenes, _ = toy
+    first, second = (scenes.random_scene(np.random.default_rng(5)) for _ in range(2))
+    assert first == second
+    assert np.array_equal(scenes.draw(first)[0], scenes.draw(second)[0])
+
+
+def test_captions_name_the_objects_left_to_right_and_parse_back(toy):
+    scenes, _ = toy
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        scene = scenes.random_scene(rng)
+        parsed = scenes.parse_caption(scene.caption)
+        ordered = sorted(scene.things, key=lambda t: t.x)
+        assert [t.words for t in parsed.things] == [t.words for t in ordered]
+        assert parsed.background == scene.background
+
+
+def test_caption_outside_the_grammar_is_refused_naming_the_word(toy):
+    scenes, _ = toy
+    with pytest.raises(ValueError, match="purple"):
+        scenes.parse_caption("a big purple circle on a white background")
+
+
+def test_measurement_reads_every_drawn_scene_correctly(toy):
+    """Colour segmentation finds each object's colour, shape, size and mask on 300 drawn scenes."""
+    scenes, measure = toy
+    rng = np.random.default_rng(1)
+    for _ in range(300):
+        scene = scenes.random_scene(rng)
+        image, masks = scenes.draw(scene)
+        assert measure.check(image, scene.caption) == measure.Check(True, True, True, True)
+        found = {f.colour: f for f in measure.objects(image)}
+        ordered = sorted(scene.things, key=lambda t: t.x)  # the order of the masks
+        assert sorted((f.colour, f.shape, f.size) for f in found.values()) == sorted(
+            (t.colour, t.shape, t.size) for t in ordered)
+        for thing, mask in zip(ordered, masks):
+            seen = found[thing.colour].mask
+            assert (seen & mask).sum() / (seen | mask).sum() > 0.95
+
+
+def test_measurement_sees_a_wrong_picture(toy):
+    scenes, measure = toy
+    scene = scenes.Scene((scenes.Thing("big", "red", "circle", 40, 40), scenes.Thing("small", "blue", "square", 90,
+                                                                                       90)))
+    image = scenes.draw(scene)[0]
+    assert not measure.check(image, scene.with_thing(0, shape="square").caption).shapes
+    assert not measure.check(image, scene.with_thing(1, colour="green").caption).colours
+    assert not measure.check(image, scenes.Scene(scene.things[:1]).caption).count
+
+
+def test_demo_model_file_is_small_and_loads_as_an_sd15_model(p2p):
+    import comfy.supported_models
+
+    path = pack.module("nodes.toy_nodes").MODEL_FILE
+    assert path.stat().st_size <= 20 * 10 ** 6
+    model, clip, vae = p2p["PromptToPromptDemoModel"]().load()
+    assert isinstance(model.model.model_config, comfy.supported_models.SD15)
+    assert vae.downscale_ratio == 8 and vae.latent_channels == 4
+    assert clip.tokenize("a big red circle")["l"][0][0][0] == 49406  # ComfyUI's CLIP tokenizer, BOS first

@@ -1,0 +1,163 @@
+"""The demo model's shape, and how it becomes ComfyUI's own MODEL, CLIP and VAE objects.
+
+It is an SD1.x model in miniature: ComfyUI's ``AutoencoderKL`` (8x downsampling, 4 latent channels, SD1.5's
+latent scale), an SD1-shaped ``UNetModel`` with cross-attention at every level (16x16, 8x8 and 4x4 latents for
+128x128 pictures), and ComfyUI's CLIP tokenizer with a small CLIP text transformer, on SD's noise schedule with
+eps prediction. So every node of the pack, and every stock ComfyUI node, treats it exactly as a real checkpoint.
+
+The file is a ``.safetensors`` with three prefixes (``unet.``, ``clip.``, ``vae.``) and the shapes in its
+metadata. CLIP's token embedding has 49408 rows of which the toy grammar uses a few dozen: the file keeps only
+those (``clip.token_ids``, ``clip.token_rows``) and the loader gives every other token a zero vector, which keeps
+the file far under its 20 MB budget.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+TOKEN_EMBEDDING = "text_model.embeddings.token_embedding.weight"
+VOCAB_SIZE = 49408
+
+
+@dataclass(frozen=True)
+class ToyConfig:
+    """Widths of the three networks (defaults: the shipped model)."""
+
+    text_width: int = 64
+    text_layers: int = 3
+    text_heads: int = 2
+    unet_channels: int = 32
+    unet_mult: tuple[int, ...] = (1, 2, 4)
+    unet_heads: int = 2
+    vae_channels: int = 32
+    vae_mult: tuple[int, ...] = (1, 2, 2, 4)
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> ToyConfig:
+        values = json.loads(text)
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+    def text_config(self) -> dict[str, Any]:
+        return {"hidden_size": self.text_width, "intermediate_size": 4 * self.text_width,
+                "num_hidden_layers": self.text_layers, "num_attention_heads": self.text_heads,
+                "max_position_embeddings": 77, "vocab_size": VOCAB_SIZE, "projection_dim": self.text_width}
+
+    def unet_config(self) -> dict[str, Any]:
+        levels = len(self.unet_mult)
+        return {"image_size": 16, "in_channels": 4, "out_channels": 4, "model_channels": self.unet_channels,
+                "use_spatial_transformer": True, "legacy": False, "use_checkpoint": False,
+                "use_temporal_attention": False, "use_temporal_resblock": False, "dtype": torch.float32,
+                "channel_mult": list(self.unet_mult), "num_res_blocks": [1] * levels,
+                "transformer_depth": [1] * levels, "transformer_depth_middle": 1,
+                "transformer_depth_output": [1] * (2 * levels), "context_dim": self.text_width,
+                "use_linear_in_transformer": False, "adm_in_channels": None}
+
+    def vae_params(self) -> dict[str, Any]:
+        return {"embed_dim": 4, "ddconfig": {"double_z": True, "z_channels": 4, "resolution": 128, "in_channels": 3,
+                                             "out_ch": 3, "ch": self.vae_channels, "ch_mult": list(self.vae_mult),
+                                             "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}}
+
+
+def model_config(config: ToyConfig) -> Any:
+    """ComfyUI's SD1.5 model config with the toy UNet's widths (a subclass, so SD1.5 checks and latent format hold)."""
+    import comfy.supported_models as sm
+
+    class ToySD15(sm.SD15):
+        unet_extra_config = {"num_heads": config.unet_heads, "num_head_channels": -1}
+
+    return ToySD15(config.unet_config())
+
+
+def build_unet(config: ToyConfig) -> Any:
+    """A ComfyUI ``BaseModel`` (eps prediction, SD schedule) with the toy UNet, weights uninitialised."""
+    import comfy.model_base as mb
+
+    return mb.BaseModel(model_config(config), model_type=mb.ModelType.EPS, device=torch.device("cpu"))
+
+
+def build_clip(config: ToyConfig) -> Any:
+    """A ``comfy.sd.CLIP`` with SD1's tokenizer and a toy-width CLIP-L text transformer (fp32: it is tiny)."""
+    import comfy.sd
+
+    options = {"dtype": torch.float32, "clip_l_model_config": config.text_config()}
+    return comfy.sd.CLIP(target=model_config(config).clip_target(), embedding_directory=None, model_options=options)
+
+
+def build_autoencoder(config: ToyConfig) -> Any:
+    """ComfyUI's ``AutoencoderKL`` with the toy widths (for training; the VAE object is built by load)."""
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+
+    return AutoencoderKL(**config.vae_params())
+
+
+def text_encoder(clip: Any) -> torch.nn.Module:
+    """The CLIP-L text model inside a ``comfy.sd.CLIP`` (what training updates and the file stores)."""
+    return clip.cond_stage_model.clip_l
+
+
+def save(path: Path, config: ToyConfig, unet: torch.nn.Module, text: torch.nn.Module,
+         autoencoder: torch.nn.Module, token_ids: list[int]) -> None:
+    """Write the three networks in fp16, keeping only the token embeddings of ``token_ids``."""
+    from safetensors.torch import save_file
+
+    tensors = {f"unet.{k}": v for k, v in unet.state_dict().items()}
+    tensors |= {f"vae.{k}": v for k, v in autoencoder.state_dict().items()}
+    for key, value in text.transformer.state_dict().items():
+        if key == TOKEN_EMBEDDING:
+            ids = torch.tensor(sorted(set(token_ids)), dtype=torch.int32)
+            tensors["clip.token_ids"] = ids
+            tensors["clip.token_rows"] = value[ids.long()]
+        else:
+            tensors[f"clip.{key}"] = value
+    tensors = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in tensors.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata={"toy_config": config.to_json()})
+
+
+def read(path: Path) -> tuple[ToyConfig, dict[str, dict[str, torch.Tensor]]]:
+    """The config and fp32 state dicts per network (``unet``, ``clip``, ``vae``), the token embedding restored."""
+    from safetensors import safe_open
+
+    parts: dict[str, dict[str, torch.Tensor]] = {"unet": {}, "clip": {}, "vae": {}}
+    with safe_open(str(path), framework="pt") as handle:
+        config = ToyConfig.from_json(handle.metadata()["toy_config"])
+        for key in handle.keys():
+            prefix, _, name = key.partition(".")
+            tensor = handle.get_tensor(key)
+            parts[prefix][name] = tensor.float() if tensor.is_floating_point() else tensor
+    clip = parts["clip"]
+    ids, rows = clip.pop("token_ids"), clip.pop("token_rows")
+    embedding = torch.zeros(VOCAB_SIZE, rows.shape[1])
+    embedding[ids.long()] = rows
+    clip[TOKEN_EMBEDDING] = embedding
+    return config, parts
+
+
+def load(path: Path) -> tuple[Any, Any, Any, ToyConfig]:
+    """The demo model as ComfyUI's (ModelPatcher, CLIP, VAE), placed and typed as ComfyUI places a checkpoint."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.sd
+
+    config, parts = read(path)
+    base = build_unet(config)
+    base.diffusion_model.load_state_dict(parts["unet"])
+    dtype = mm.unet_dtype(model_params=1, supported_dtypes=[torch.float16, torch.bfloat16, torch.float32])
+    base.diffusion_model.to(dtype)
+    base.diffusion_model.dtype = dtype
+    base.eval()
+    model = comfy.model_patcher.ModelPatcher(base, load_device=mm.get_torch_device(),
+                                             offload_device=mm.unet_offload_device())
+    clip = build_clip(config)
+    text_encoder(clip).transformer.load_state_dict(parts["clip"])
+    vae = comfy.sd.VAE(sd=parts["vae"], config={"params": config.vae_params()})
+    return model, clip, vae, config

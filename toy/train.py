@@ -1,0 +1,353 @@
+"""Train the demo model from nothing on this CPU: the VAE, then the UNet and text encoder together.
+
+    COMFYUI_PATH=/path/to/ComfyUI python -m toy.train --work /tmp/toy --output toy/prompt_to_prompt_toy.safetensors
+
+Seeded and resumable: every phase leaves its result in --work (VAE weights, encoded scenes, UNet checkpoints),
+so a rerun continues where the last one stopped. The last phase loads the written file the way the loader node
+does, samples 100 captions with ComfyUI's own KSampler and measures them (measure.py), and writes the numbers
+beside the file (toy/MODEL.md) and into the log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import measure, model, scenes
+
+#: SD1.5's latent scale (comfy.latent_formats.SD15): the VAE is rescaled so that scaled latents have unit std.
+LATENT_SCALE = 0.18215
+UNCONDITIONAL = 0.1
+EMA = 0.999
+LEARNING_RATE = 8e-4
+
+
+def use_comfyui(root: str | None) -> None:
+    """Make ComfyUI importable, on the CPU unless a GPU is there."""
+    root = root or os.environ.get("COMFYUI_PATH")
+    if not root or not (Path(root) / "comfy").is_dir():
+        sys.exit("Set COMFYUI_PATH (or --comfyui) to a ComfyUI folder.")
+    sys.path.insert(0, str(Path(root).resolve()))
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = not torch.cuda.is_available()
+    import utils.install_util  # noqa: F401  (ComfyUI's utils package, before comfy/ shadows it)
+
+
+def initialise(module: torch.nn.Module, seed: int) -> None:
+    """PyTorch's default initialisation for every layer (ComfyUI's layers skip it), embeddings N(0, 0.02).
+
+    Norms are found by type, not name: the UNet's ResBlocks name theirs ``in_layers.0``, and a zero norm weight
+    in front of the zero-initialised output conv would leave both without a gradient for good.
+    """
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for layer in module.modules():
+            for name, param in layer.named_parameters(recurse=False):
+                if isinstance(layer, (torch.nn.GroupNorm, torch.nn.LayerNorm)):
+                    param.fill_(1.0 if name == "weight" else 0.0)
+                elif isinstance(layer, torch.nn.Embedding):
+                    param.normal_(0, 0.02)
+                elif param.dim() == 1:
+                    param.zero_()
+                else:
+                    torch.nn.init.kaiming_uniform_(param, a=math.sqrt(5))
+
+
+def progress(phase: str, step: int, total: int, start: float, loss: float) -> None:
+    elapsed = time.time() - start
+    eta = elapsed / max(step, 1) * (total - step)
+    print(f"[{phase}] {step}/{total} loss {loss:.5f} {elapsed / 60:5.1f} min, {eta / 60:5.1f} min left", flush=True)
+
+
+def scene_batch(rng: np.random.Generator, size: int, backgrounds: tuple[str, ...] = tuple(scenes.BACKGROUNDS)
+                ) -> tuple[torch.Tensor, list[str]]:
+    """Pictures in [-1, 1], NCHW, and their captions."""
+    drawn = [scenes.random_scene(rng, backgrounds=backgrounds) for _ in range(size)]
+    pixels = np.stack([scenes.draw(s)[0] for s in drawn]).astype(np.float32) / 127.5 - 1
+    return torch.from_numpy(pixels).permute(0, 3, 1, 2), [s.caption for s in drawn]
+
+
+def crops(rng: np.random.Generator, size: int) -> torch.Tensor:
+    """One 64x64 crop of ``size`` new pictures: the VAE is convolutional, so crops teach it 4x faster."""
+    pixels, _ = scene_batch(rng, size)
+    top, left = rng.integers(0, scenes.SIZE - 64, 2)
+    return pixels[:, :, top:top + 64, left:left + 64]
+
+
+def moments(autoencoder: torch.nn.Module, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    mean, logvar = autoencoder.quant_conv(autoencoder.encoder(pixels)).chunk(2, dim=1)
+    return mean, logvar.clamp(-30, 20)
+
+
+def train_vae(config: model.ToyConfig, steps: int, seed: int) -> tuple[torch.nn.Module, float]:
+    autoencoder = model.build_autoencoder(config)
+    initialise(autoencoder, seed)
+    optimiser = torch.optim.AdamW(autoencoder.parameters(), lr=1e-3, weight_decay=0)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, 1e-3, total_steps=steps, pct_start=0.05)
+    rng, start, running = np.random.default_rng(seed), time.time(), 0.0
+    for step in range(1, steps + 1):
+        pixels = crops(rng, 12)
+        mean, logvar = moments(autoencoder, pixels)
+        latent = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
+        decoded = autoencoder.decoder(autoencoder.post_quant_conv(latent))
+        kl = 0.5 * (mean ** 2 + logvar.exp() - 1 - logvar).mean()
+        loss = torch.nn.functional.mse_loss(decoded, pixels) + 1e-6 * kl
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+        running = 0.98 * running + 0.02 * loss.item() if step > 1 else loss.item()
+        if step % 100 == 0 or step == steps:
+            progress("vae", step, steps, start, running)
+    autoencoder.eval()
+    return autoencoder, rescale_latents(autoencoder, seed)
+
+
+def finetune_decoder(autoencoder: torch.nn.Module, steps: int, seed: int) -> torch.nn.Module:
+    """Sharpen the decoder with the encoder frozen (as SD's fine-tuned decoders): the latent space the UNet learnt
+    stays exactly the same. L1 + MSE, so edges and small shapes come out crisp."""
+    tuned = copy.deepcopy(autoencoder)
+    tuned.requires_grad_(False)
+    decoder = [*tuned.decoder.parameters(), *tuned.post_quant_conv.parameters()]
+    for param in decoder:
+        param.requires_grad_(True)
+    optimiser = torch.optim.AdamW(decoder, lr=3e-4, weight_decay=0)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, 3e-4, total_steps=steps, pct_start=0.05)
+    rng, start, running = np.random.default_rng(seed), time.time(), 0.0
+    for step in range(1, steps + 1):
+        pixels = crops(rng, 12)
+        with torch.no_grad():
+            mean, logvar = moments(tuned, pixels)
+            latent = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
+        decoded = tuned.decoder(tuned.post_quant_conv(latent))
+        loss = (decoded - pixels).abs().mean() + torch.nn.functional.mse_loss(decoded, pixels)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+        running = 0.98 * running + 0.02 * loss.item() if step > 1 else loss.item()
+        if step % 100 == 0 or step == steps:
+            progress("decoder", step, steps, start, running)
+    return tuned.eval()
+
+
+@torch.no_grad()
+def rescale_latents(autoencoder: torch.nn.Module, seed: int) -> float:
+    """Scale the latent space (exactly: encoder out, decoder in) so SD1.5's 0.18215 gives unit-std latents."""
+    pixels, _ = scene_batch(np.random.default_rng(seed + 1), 256)
+    mean, _ = moments(autoencoder, pixels)
+    factor = 1 / LATENT_SCALE / mean.std().item()
+    autoencoder.quant_conv.weight[:4] *= factor
+    autoencoder.quant_conv.bias[:4] *= factor
+    autoencoder.quant_conv.bias[4:] += 2 * math.log(factor)
+    autoencoder.post_quant_conv.weight[:, :4] /= factor
+    return factor
+
+
+@torch.no_grad()
+def vae_psnr(autoencoder: torch.nn.Module, seed: int, count: int = 200) -> float:
+    pixels, _ = scene_batch(np.random.default_rng(seed), count)
+    mean, _ = moments(autoencoder, pixels)
+    decoded = autoencoder.decoder(autoencoder.post_quant_conv(mean)).clamp(-1, 1)
+    mse = ((decoded - pixels) / 2).pow(2).mean().item()
+    return 10 * math.log10(1 / mse)
+
+
+@torch.no_grad()
+def encode_scenes(autoencoder: torch.nn.Module, clip, count: int, seed: int) -> dict[str, torch.Tensor]:
+    """``count`` seeded scenes on the model's backgrounds as latent means and stds (fp16) and their CLIP tokens."""
+    rng, means, stds, tokens, start = np.random.default_rng(seed), [], [], [], time.time()
+    for done in range(0, count, 250):
+        pixels, captions = scene_batch(rng, min(250, count - done), scenes.MODEL_BACKGROUNDS)
+        mean, logvar = moments(autoencoder, pixels)
+        means.append(mean.half())
+        stds.append((0.5 * logvar).exp().half())
+        tokens += [token_ids(clip, c) for c in captions]
+        progress("encode", done + len(captions), count, start, 0.0)
+    return {"mean": torch.cat(means), "std": torch.cat(stds), "tokens": torch.tensor(tokens)}
+
+
+def token_ids(clip, caption: str) -> list[int]:
+    return [token for token, _ in clip.tokenize(caption)["l"][0]]
+
+
+def batches(data: dict[str, torch.Tensor], size: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(seed)
+    while True:
+        pick = torch.randint(len(data["mean"]), (size,), generator=generator)
+        latent = data["mean"][pick].float() + data["std"][pick].float() * torch.randn(
+            (size, *data["mean"].shape[1:]), generator=generator)
+        yield latent * LATENT_SCALE, data["tokens"][pick]
+
+
+def train_unet(config: model.ToyConfig, data: dict[str, torch.Tensor], clip, steps: int, batch: int, seed: int,
+               work: Path, snapshot: Callable[[torch.nn.Module, torch.nn.Module], None]
+               ) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """Eps-prediction on SD's schedule, min-SNR-5 weighted, captions dropped 10 % of the time (for cfg), EMA.
+
+    ``snapshot`` gets the EMA networks every 1000 steps, so a usable model exists long before the end.
+    """
+    base = model.build_unet(config)
+    unet, text = base.diffusion_model, model.text_encoder(clip)
+    initialise(unet, seed)
+    initialise(text.transformer, seed + 1)
+    with torch.no_grad():
+        unet.out[-1].weight.zero_()
+        unet.out[-1].bias.zero_()
+    for network in (unet, text):
+        network.train()
+        network.requires_grad_(True)
+    for name, layer in text.named_modules():
+        if name.endswith(("layer_norm1", "layer_norm2")):
+            # ComfyUI's CLIP layers add residuals in place (x += ...), which autograd refuses when x was saved by
+            # the layer norm; a copy of its input keeps inference code untouched and makes training legal.
+            layer.register_forward_pre_hook(lambda _, inputs: tuple(x.clone() for x in inputs))
+    parameters = [*unet.parameters(), *text.transformer.parameters()]
+    optimiser = torch.optim.AdamW(parameters, lr=LEARNING_RATE, weight_decay=0)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, LEARNING_RATE, total_steps=steps, pct_start=0.03,
+                                                   final_div_factor=10)
+    ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text).requires_grad_(False)
+    first, checkpoint = 1, work / "unet.pt"
+    if checkpoint.exists():
+        state = torch.load(checkpoint, weights_only=False)
+        for network, key in ((unet, "unet"), (text, "text"), (ema_unet, "ema_unet"), (ema_text, "ema_text"),
+                             (optimiser, "optimiser"), (schedule, "schedule")):
+            network.load_state_dict(state[key])
+        first = state["step"] + 1
+        print(f"[unet] resuming at step {first}", flush=True)
+    alphas = 1 / (1 + base.model_sampling.sigmas.float() ** 2)
+    empty = torch.tensor(token_ids(clip, ""))
+    stream = batches(data, batch, seed + first)
+    generator = torch.Generator().manual_seed(seed + first)
+    start, running = time.time(), 0.0
+    for step in range(first, steps + 1):
+        latent, tokens = next(stream)
+        drop = torch.rand(batch, generator=generator) < UNCONDITIONAL
+        tokens = torch.where(drop[:, None], empty, tokens)
+        t = torch.randint(0, len(alphas), (batch,), generator=generator)
+        noise = torch.randn(latent.shape, generator=generator)
+        a = alphas[t].view(-1, 1, 1, 1)
+        noisy = a.sqrt() * latent + (1 - a).sqrt() * noise
+        context = text(tokens.tolist())[0]
+        predicted = unet(noisy, timesteps=t.float(), context=context)
+        snr = alphas[t] / (1 - alphas[t])
+        weight = snr.clamp(max=5) / snr
+        loss = (weight * (predicted - noise).pow(2).mean((1, 2, 3))).mean()
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimiser.step()
+        schedule.step()
+        decay = min(EMA, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for mine, average in ((unet, ema_unet), (text, ema_text)):
+                for p, q in zip(mine.parameters(), average.parameters()):
+                    q.lerp_(p, 1 - decay)
+        running = 0.99 * running + 0.01 * loss.item() if step > first else loss.item()
+        if step % 100 == 0 or step == steps:
+            progress("unet", step - first + 1, steps - first + 1, start, running)
+        if step % 500 == 0 or step == steps:
+            state = {"step": step, "unet": unet.state_dict(), "text": text.state_dict(),
+                     "ema_unet": ema_unet.state_dict(), "ema_text": ema_text.state_dict(),
+                     "optimiser": optimiser.state_dict(), "schedule": schedule.state_dict()}
+            torch.save(state, checkpoint.with_suffix(".tmp"))
+            checkpoint.with_suffix(".tmp").replace(checkpoint)
+        if step % 1000 == 0:
+            snapshot(ema_unet, ema_text)
+    return ema_unet.eval(), ema_text.eval()
+
+
+@torch.no_grad()
+def caption_accuracy(path: Path, samples: int, seed: int, steps: int = 20, cfg: float = 5.0) -> dict[str, float]:
+    """Sample ``samples`` seeded captions with ComfyUI's KSampler on the loaded file; the share each check passes."""
+    import nodes
+
+    unet, clip, vae, _ = model.load(path)
+    rng = np.random.default_rng(seed)
+    captions = [scenes.random_scene(rng, backgrounds=scenes.MODEL_BACKGROUNDS).caption for _ in range(samples)]
+    positive = [[torch.cat([clip.encode_from_tokens(clip.tokenize(c)) for c in captions]), {}]]
+    negative = [[clip.encode_from_tokens(clip.tokenize("")), {}]]
+    latent = {"samples": torch.zeros(samples, 4, 16, 16)}
+    sampled = nodes.common_ksampler(unet, seed, steps, cfg, "euler", "normal", positive, negative, latent)[0]
+    images = (vae.decode(sampled["samples"]).clamp(0, 1) * 255).round().byte().numpy()
+    checks = [measure.check(image, caption) for image, caption in zip(images, captions)]
+    return {name: float(np.mean([getattr(c, name) for c in checks]))
+            for name in ("ok", "count", "colours", "shapes", "background")}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", type=Path, required=True, help="folder for resumable intermediate results")
+    parser.add_argument("--output", type=Path, default=Path(__file__).with_name("prompt_to_prompt_toy.safetensors"))
+    parser.add_argument("--comfyui", help="ComfyUI folder (default: COMFYUI_PATH)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--vae-steps", type=int, default=1500)
+    parser.add_argument("--scenes", type=int, default=12000)
+    parser.add_argument("--unet-steps", type=int, default=5000)
+    parser.add_argument("--decoder-steps", type=int, default=1200)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--phase", choices=("all", "decoder"), default="all",
+                        help="'decoder': only fine-tune the decoder (it needs only the VAE, so it can run beside "
+                             "the UNet's training)")
+    parser.add_argument("--evaluate", type=int, default=100, help="captions sampled to measure accuracy")
+    args = parser.parse_args(argv)
+    use_comfyui(args.comfyui)
+    torch.set_num_threads(args.threads)
+    args.work.mkdir(parents=True, exist_ok=True)
+    config = model.ToyConfig()
+    began = time.time()
+
+    vae_file = args.work / "vae.pt"
+    autoencoder = model.build_autoencoder(config)
+    if vae_file.exists():
+        autoencoder.load_state_dict(torch.load(vae_file))
+        factor = float("nan")
+    else:
+        autoencoder, factor = train_vae(config, args.vae_steps, args.seed)
+        torch.save(autoencoder.state_dict(), vae_file)
+    autoencoder.eval()
+    psnr = vae_psnr(autoencoder, args.seed + 2)
+    print(f"[vae] PSNR {psnr:.1f} dB on 200 new scenes (latent rescaled by {factor:.3f})", flush=True)
+    decoder_file = args.work / "decoder.pt"
+    if args.phase == "decoder" or not decoder_file.exists():
+        tuned = finetune_decoder(autoencoder, args.decoder_steps, args.seed + 6)
+        torch.save(tuned.state_dict(), decoder_file)
+        print(f"[decoder] PSNR {vae_psnr(tuned, args.seed + 2):.1f} dB on the same scenes", flush=True)
+        if args.phase == "decoder":
+            return
+
+    clip = model.build_clip(config)
+    data_file = args.work / "scenes.pt"
+    if data_file.exists():
+        data = torch.load(data_file)
+    else:
+        data = encode_scenes(autoencoder, clip, args.scenes, args.seed + 3)
+        torch.save(data, data_file)
+    used = sorted({int(t) for t in data["tokens"].unique()} | set(token_ids(clip, "")))
+
+    autoencoder.load_state_dict(torch.load(decoder_file))
+
+    def snapshot(unet: torch.nn.Module, text: torch.nn.Module) -> None:
+        model.save(args.output, config, unet, text, autoencoder, used)
+
+    snapshot(*train_unet(config, data, clip, args.unet_steps, args.batch, args.seed + 4, args.work, snapshot))
+    size = args.output.stat().st_size / 2 ** 20
+    print(f"wrote {args.output} ({size:.1f} MiB) after {(time.time() - began) / 60:.1f} min", flush=True)
+    scores = caption_accuracy(args.output, args.evaluate, args.seed + 5)
+    print(f"[evaluate] {args.evaluate} captions: " + ", ".join(f"{k} {v:.0%}" for k, v in scores.items()),
+          flush=True)
+
+
+if __name__ == "__main__":
+    main()
