@@ -15,9 +15,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from ..p2p_core.errors import PromptToPromptError
 from ..toy import scenes
 from .headless import Overrides, apply_overrides, execute, load_prompt
 from .store_nodes import label
+from .toy_nodes import MODEL_FILE
 
 EXAMPLES_FOLDER = Path(__file__).resolve().parent.parent / "example_workflows"
 SIZE = scenes.SIZE
@@ -70,6 +72,11 @@ EXAMPLES = (
 
 def run(output: Path, node_classes: dict[str, type]) -> list[Path]:
     """Run every example into ``output``; return the grid files written (one per example)."""
+    if "PromptToPromptDemoModel" not in node_classes:
+        raise PromptToPromptError(
+            f"The demo needs the demo model, {MODEL_FILE}, which this version of the pack does not ship yet. Train "
+            "it with `COMFYUI_PATH=<ComfyUI> python -m toy.train --work <folder>` in the pack's folder, or point "
+            "PROMPT_TO_PROMPT_DEMO_MODEL at a trained file.")
     photo = output / "inputs" / "toy_scene.png"
     photo.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(scenes.draw(PHOTO)[0]).save(photo)

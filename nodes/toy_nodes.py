@@ -1,10 +1,13 @@
-"""Prompt-to-Prompt Demo Model: the tiny toy-world model shipped with the pack, as MODEL, CLIP and VAE.
+"""Prompt-to-Prompt Demo Model: the tiny toy-world model (toy/), as MODEL, CLIP and VAE.
 
-It runs every example without downloading a checkpoint (see toy/ for what it knows and how it was trained).
+It runs every example without downloading a checkpoint. The node exists only where the model file does
+(toy/prompt_to_prompt_toy.safetensors, or the file PROMPT_TO_PROMPT_DEMO_MODEL names): this version of the pack
+does not ship a trained one yet (README, "The toy world").
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ..p2p_core.errors import PromptToPromptError
@@ -12,7 +15,8 @@ from ..toy import model as toy_model
 from ..toy.scenes import SIZE, vocabulary
 from .edit_nodes import CATEGORY
 
-MODEL_FILE = Path(__file__).resolve().parent.parent / "toy" / "prompt_to_prompt_toy.safetensors"
+MODEL_FILE = Path(os.environ.get("PROMPT_TO_PROMPT_DEMO_MODEL")
+                  or Path(__file__).resolve().parent.parent / "toy" / "prompt_to_prompt_toy.safetensors")
 
 
 class DemoModelLoader:
@@ -33,11 +37,11 @@ class DemoModelLoader:
 
     def load(self) -> tuple:
         if not MODEL_FILE.is_file():
-            raise PromptToPromptError(f"The demo model file {MODEL_FILE} is missing: reinstall the pack, or train "
-                                      "it again with `python -m toy.train` (see toy/MODEL.md).")
+            raise PromptToPromptError(f"The demo model file {MODEL_FILE} is gone (it was there when ComfyUI "
+                                      "started). Put it back, or train it with `python -m toy.train`.")
         model, clip, vae, _ = toy_model.load(MODEL_FILE)
         return model, clip, vae
 
 
-NODE_CLASS_MAPPINGS = {"PromptToPromptDemoModel": DemoModelLoader}
-NODE_DISPLAY_NAME_MAPPINGS = {"PromptToPromptDemoModel": "Prompt-to-Prompt Demo Model"}
+NODE_CLASS_MAPPINGS = {"PromptToPromptDemoModel": DemoModelLoader} if MODEL_FILE.is_file() else {}
+NODE_DISPLAY_NAME_MAPPINGS = {"PromptToPromptDemoModel": "Prompt-to-Prompt Demo Model"} if NODE_CLASS_MAPPINGS else {}

@@ -1,1 +1,2 @@
-"""The toy world: a scene generator, its measurement, and the tiny demo model trained on it (see MODEL.md)."""
+"""The toy world: a scene generator, its measurement, and the tiny demo model to train on it (README, "The toy
+world")."""

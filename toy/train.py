@@ -4,8 +4,8 @@
 
 Seeded and resumable: every phase leaves its result in --work (VAE weights, encoded scenes, UNet checkpoints),
 so a rerun continues where the last one stopped. The last phase loads the written file the way the loader node
-does, samples 100 captions with ComfyUI's own KSampler and measures them (measure.py), and writes the numbers
-beside the file (toy/MODEL.md) and into the log.
+does, samples 100 captions with ComfyUI's own KSampler and measures them (measure.py), and prints the share
+of pictures that match their caption.
 """
 
 from __future__ import annotations

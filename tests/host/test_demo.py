@@ -1,0 +1,77 @@
+"""The demo model's file format and loader, and `python <pack> demo`, on a random-weight demo model.
+
+The pack does not ship a trained demo model yet (README, "The toy world"); these tests check the wiring with
+random weights in the same layout, as the other host tests do with tiny models.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pack
+import pytest
+import tiny
+import torch
+from PIL import Image
+
+tiny.import_comfy()
+
+
+@pytest.fixture(scope="module")
+def demo_file(tmp_path_factory) -> Path:
+    """A demo-model file with random weights in the shipped layout (toy.model.ToyConfig's defaults)."""
+    model, train = pack.module("toy.model"), pack.module("toy.train")
+    config = model.ToyConfig()
+    unet, clip, autoencoder = model.build_unet(config), model.build_clip(config), model.build_autoencoder(config)
+    for seed, network in enumerate((unet.diffusion_model, model.text_encoder(clip).transformer, autoencoder)):
+        train.initialise(network, seed)
+    path = tmp_path_factory.mktemp("demo") / "demo.safetensors"
+    tokens = [t for t, _ in clip.tokenize("a big red circle and a small blue square on a white background")["l"][0]]
+    model.save(path, config, unet.diffusion_model, model.text_encoder(clip), autoencoder, tokens)
+    return path
+
+
+def test_demo_model_file_is_small_and_loads_back_as_an_sd15_model(demo_file):
+    import comfy.supported_models
+
+    toy_model = pack.module("toy.model")
+    assert demo_file.stat().st_size <= 20 * 10 ** 6
+    config, parts = toy_model.read(demo_file)
+    assert config == toy_model.ToyConfig()
+    model, clip, vae, _ = toy_model.load(demo_file)
+    assert isinstance(model.model.model_config, comfy.supported_models.SD15)
+    assert vae.downscale_ratio == 8 and vae.latent_channels == 4
+    unet = model.model.diffusion_model.state_dict()
+    assert all(torch.equal(unet[k].float(), v) for k, v in parts["unet"].items())
+    tokens = clip.tokenize("a big red circle")["l"][0]
+    assert tokens[0][0] == 49406  # ComfyUI's CLIP tokenizer, BOS first
+    embedding = pack.module("toy.model").TOKEN_EMBEDDING
+    assert torch.count_nonzero(parts["clip"][embedding].abs().sum(1)) <= len(set(t for t, _ in tokens)) + 20
+
+
+def demo(output: Path, model_file: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COMFYUI_PATH": tiny.comfyui_path(), "PROMPT_TO_PROMPT_DEMO_MODEL": str(model_file)}
+    return subprocess.run([sys.executable, str(pack.REPO_ROOT), "demo", "--output", str(output)], env=env,
+                          capture_output=True, text=True)
+
+
+def test_demo_runs_every_example_on_the_demo_model_and_writes_a_grid_each(tmp_path, demo_file):
+    done = demo(tmp_path, demo_file)
+    assert done.returncode == 0, done.stderr[-3000:]
+    written = [Path(line.removeprefix("wrote ")) for line in done.stdout.splitlines() if line.startswith("wrote ")]
+    examples = pack.module("nodes.demo").EXAMPLES
+    assert {e.workflow.removesuffix(".json") for e in examples} == {
+        p.stem for p in (pack.REPO_ROOT / "example_workflows").glob("*.json")}, "every example workflow runs"
+    assert [p.stem for p in written] == [e.name for e in examples]
+    for grid in written:
+        with Image.open(grid) as image:
+            assert image.width >= 2 * 256 and image.height > 256, grid  # the source and at least the edit
+
+
+def test_demo_without_the_model_says_where_it_comes_from(tmp_path):
+    done = demo(tmp_path, tmp_path / "missing.safetensors")
+    assert done.returncode == 1
+    assert "does not ship yet" in done.stderr and "python -m toy.train" in done.stderr
