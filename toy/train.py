@@ -89,26 +89,35 @@ def moments(autoencoder: torch.nn.Module, pixels: torch.Tensor) -> tuple[torch.T
     return mean, logvar.clamp(-30, 20)
 
 
-def train_vae(config: model.ToyConfig, steps: int, seed: int) -> tuple[torch.nn.Module, float]:
-    autoencoder = model.build_autoencoder(config)
-    initialise(autoencoder, seed)
-    optimiser = torch.optim.AdamW(autoencoder.parameters(), lr=1e-3, weight_decay=0)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, 1e-3, total_steps=steps, pct_start=0.05)
+def optimise(phase: str, parameters: list[torch.nn.Parameter], lr: float, steps: int, seed: int,
+             loss_of: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """AdamW on a one-cycle schedule over ``steps`` batches of 12 new 64x64 crops, with progress lines."""
+    optimiser = torch.optim.AdamW(parameters, lr=lr, weight_decay=0)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, lr, total_steps=steps, pct_start=0.05)
     rng, start, running = np.random.default_rng(seed), time.time(), 0.0
     for step in range(1, steps + 1):
-        pixels = crops(rng, 12)
-        mean, logvar = moments(autoencoder, pixels)
-        latent = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
-        decoded = autoencoder.decoder(autoencoder.post_quant_conv(latent))
-        kl = 0.5 * (mean ** 2 + logvar.exp() - 1 - logvar).mean()
-        loss = torch.nn.functional.mse_loss(decoded, pixels) + 1e-6 * kl
+        loss = loss_of(crops(rng, 12))
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
         schedule.step()
         running = 0.98 * running + 0.02 * loss.item() if step > 1 else loss.item()
         if step % 100 == 0 or step == steps:
-            progress("vae", step, steps, start, running)
+            progress(phase, step, steps, start, running)
+
+
+def train_vae(config: model.ToyConfig, steps: int, seed: int) -> tuple[torch.nn.Module, float]:
+    autoencoder = model.build_autoencoder(config)
+    initialise(autoencoder, seed)
+
+    def loss(pixels: torch.Tensor) -> torch.Tensor:
+        mean, logvar = moments(autoencoder, pixels)
+        latent = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
+        decoded = autoencoder.decoder(autoencoder.post_quant_conv(latent))
+        kl = 0.5 * (mean ** 2 + logvar.exp() - 1 - logvar).mean()
+        return torch.nn.functional.mse_loss(decoded, pixels) + 1e-6 * kl
+
+    optimise("vae", list(autoencoder.parameters()), 1e-3, steps, seed, loss)
     autoencoder.eval()
     return autoencoder, rescale_latents(autoencoder, seed)
 
@@ -121,23 +130,15 @@ def finetune_decoder(autoencoder: torch.nn.Module, steps: int, seed: int) -> tor
     decoder = [*tuned.decoder.parameters(), *tuned.post_quant_conv.parameters()]
     for param in decoder:
         param.requires_grad_(True)
-    optimiser = torch.optim.AdamW(decoder, lr=3e-4, weight_decay=0)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, 3e-4, total_steps=steps, pct_start=0.05)
-    rng, start, running = np.random.default_rng(seed), time.time(), 0.0
-    for step in range(1, steps + 1):
-        pixels = crops(rng, 12)
+
+    def loss(pixels: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             mean, logvar = moments(tuned, pixels)
             latent = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
         decoded = tuned.decoder(tuned.post_quant_conv(latent))
-        loss = (decoded - pixels).abs().mean() + torch.nn.functional.mse_loss(decoded, pixels)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        schedule.step()
-        running = 0.98 * running + 0.02 * loss.item() if step > 1 else loss.item()
-        if step % 100 == 0 or step == steps:
-            progress("decoder", step, steps, start, running)
+        return (decoded - pixels).abs().mean() + torch.nn.functional.mse_loss(decoded, pixels)
+
+    optimise("decoder", decoder, 3e-4, steps, seed, loss)
     return tuned.eval()
 
 
