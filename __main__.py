@@ -1,7 +1,7 @@
 """Command line: run a Prompt-to-Prompt workflow headless, without ComfyUI's GUI.
 
     python path/to/comfyui-prompt-to-prompt run example_workflows/replace_word_swap.json --ckpt model.safetensors
-    python path/to/comfyui-prompt-to-prompt demo --output demo   # every example on the bundled demo model
+    python path/to/comfyui-prompt-to-prompt demo --output demo   # every example on the demo model (toy/)
 
 ComfyUI is found from --comfyui, COMFYUI_PATH, or the folder this pack is installed in (custom_nodes/..).
 This file only finds and starts ComfyUI and loads the pack the way ComfyUI does; the work is in
@@ -41,7 +41,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--seed", type=int, help="seed for every sampler")
     run.add_argument("--set", dest="sets", action="append", default=[], metavar="NODE.INPUT=VALUE",
                      help="set any input, by node type or id, e.g. --set ReplaceEdit.target_prompt='a dog'")
-    demo = commands.add_parser("demo", help="run every example on the bundled demo model; write labelled grids")
+    demo = commands.add_parser("demo", help="run every example on the demo model (toy/); write labelled grids")
     demo.add_argument("--output", type=Path, default=Path("demo"), help="folder for the grids (default ./demo)")
     for command in (run, demo):
         command.add_argument("--comfyui", help="ComfyUI folder (default: COMFYUI_PATH, or the one this pack is in)")

@@ -1,4 +1,4 @@
-"""`python <pack> demo --output DIR`: every example workflow on the bundled demo model, as labelled grids.
+"""`python <pack> demo --output DIR`: every example workflow on the demo model (toy/), as labelled grids.
 
 No argument and no download: each example_workflows/*.json is loaded as it ships, its checkpoint loader is
 swapped for the Prompt-to-Prompt Demo Model, its prompts are set to toy-world captions (toy/scenes.py), and it
@@ -45,8 +45,8 @@ class Example:
     seed: int = 3
 
 
-def _swap(source: str, target: str, **extra: str) -> tuple[str, ...]:
-    return (f"source_prompt={source}", f"target_prompt={target}", *(f"{k}={v}" for k, v in extra.items()))
+def _swap(source: str, target: str) -> tuple[str, str]:
+    return f"source_prompt={source}", f"target_prompt={target}"
 
 
 EXAMPLES = (
@@ -122,8 +122,8 @@ def _preview_label(prompt: dict[str, dict], preview: str) -> str | None:
     if prompt[source]["class_type"] != "MaskToImage":
         return None
     show, output = prompt[source]["inputs"]["mask"]
-    words = prompt[show]["inputs"].get("words", "")
-    return f"{MASK_OUTPUTS.get(output, 'mask')}: {words}" if output == 1 else MASK_OUTPUTS.get(output, "mask")
+    name = MASK_OUTPUTS.get(output, "mask")
+    return f"{name}: {prompt[show]['inputs'].get('words', '')}" if output == 1 else name
 
 
 def _tiles(prompt: dict[str, dict], images: dict[str, list[tuple[str, Path]]]) -> list[torch.Tensor]:

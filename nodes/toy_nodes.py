@@ -39,7 +39,10 @@ class DemoModelLoader:
         if not MODEL_FILE.is_file():
             raise PromptToPromptError(f"The demo model file {MODEL_FILE} is gone (it was there when ComfyUI "
                                       "started). Put it back, or train it with `python -m toy.train`.")
-        model, clip, vae, _ = toy_model.load(MODEL_FILE)
+        try:
+            model, clip, vae, _ = toy_model.load(MODEL_FILE)
+        except ValueError as error:
+            raise PromptToPromptError(str(error)) from None
         return model, clip, vae
 
 

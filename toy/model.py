@@ -124,12 +124,19 @@ def save(path: Path, config: ToyConfig, unet: torch.nn.Module, text: torch.nn.Mo
 
 
 def read(path: Path) -> tuple[ToyConfig, dict[str, dict[str, torch.Tensor]]]:
-    """The config and fp32 state dicts per network (``unet``, ``clip``, ``vae``), the token embedding restored."""
+    """The config and fp32 state dicts per network (``unet``, ``clip``, ``vae``), the token embedding restored.
+
+    Raises ValueError, naming the file, for a .safetensors that ``save`` did not write.
+    """
     from safetensors import safe_open
 
     parts: dict[str, dict[str, torch.Tensor]] = {"unet": {}, "clip": {}, "vae": {}}
     with safe_open(str(path), framework="pt") as handle:
-        config = ToyConfig.from_json(handle.metadata()["toy_config"])
+        metadata = handle.metadata() or {}
+        if "toy_config" not in metadata:
+            raise ValueError(f"{path} is not a demo-model file (its metadata has no toy_config): use a file written "
+                             "by `python -m toy.train`; a checkpoint goes in Load Checkpoint instead.")
+        config = ToyConfig.from_json(metadata["toy_config"])
         for key in handle.keys():
             prefix, _, name = key.partition(".")
             tensor = handle.get_tensor(key)

@@ -75,3 +75,13 @@ def test_demo_without_the_model_says_where_it_comes_from(tmp_path):
     done = demo(tmp_path, tmp_path / "missing.safetensors")
     assert done.returncode == 1
     assert "does not ship yet" in done.stderr and "python -m toy.train" in done.stderr
+
+
+def test_demo_with_a_file_that_is_not_a_demo_model_names_the_file(tmp_path):
+    from safetensors.torch import save_file
+
+    other = tmp_path / "checkpoint.safetensors"
+    save_file({"weight": torch.zeros(2)}, str(other))
+    done = demo(tmp_path, other)
+    assert done.returncode == 1
+    assert "is not a demo-model file" in done.stderr and "checkpoint.safetensors" in done.stderr, done.stderr[-2000:]
