@@ -55,18 +55,19 @@ EXAMPLES = (
     Example("word_swap_shape", "replace_word_swap.json", "Replace: circle -> triangle",
             tuple(f"ReplaceEdit.{s}" for s in _swap(TWO, TWO.replace("circle", "triangle")))),
     Example("refine", "refine_add_words.json", "Refine: add 'and a small blue square'",
-            tuple(f"RefineEdit.{s}" for s in _swap(ONE, TWO))),
-    Example("reweight", "reweight_word.json", "Reweight: 'big' x -2 (new row)",
-            ("Reweight.source_prompt=" + TWO, "Reweight.words=big", "Reweight.scale=-2")),
+            tuple(f"RefineEdit.{s}" for s in _swap(ONE, TWO)), seed=7),
+    Example("reweight", "reweight_word.json", "Reweight: 'circle' x -2 (new row)",
+            ("Reweight.source_prompt=" + TWO, "Reweight.words=circle", "Reweight.scale=-2")),
     Example("local_blend", "local_blend_word_swap.json", "Replace + local blend on 'square': blue -> green",
             (*(f"ReplaceEdit.{s}" for s in _swap(TWO, TWO.replace("blue", "green"))),
              "LocalBlendMask.source_words=square", "LocalBlendMask.edit_words=square",
-             "LocalBlendMask.subtract_words=", "ShowAttention.words=square")),
+             "LocalBlendMask.subtract_words=", "LocalBlendMask.level=1/2", "ShowAttention.words=square")),
     Example("attention_maps", "attention_maps.json", "Attention maps of the source prompt",
-            (f"AttentionStore.prompt={THREE}", "ShowAttention.words=circle, square, triangle")),
-    Example("real_image", "real_image_edit.json", "Real image (null-text inversion): yellow -> blue square",
+            (f"AttentionStore.prompt={THREE}", "AttentionStore.level=1/2",
+             "ShowAttention.words=circle, square, triangle"), seed=5),
+    Example("real_image", "real_image_edit.json", "Real image (null-text inversion): red -> blue circle",
             (f"NullTextInvert.prompt={PHOTO.caption}",
-             f"ReplaceEdit.target_prompt={PHOTO.caption.replace('yellow', 'blue')}")),
+             f"ReplaceEdit.target_prompt={PHOTO.caption.replace('red', 'blue')}")),
 )
 
 
@@ -74,8 +75,9 @@ def run(output: Path, node_classes: dict[str, type]) -> list[Path]:
     """Run every example into ``output``; return the grid files written (one per example)."""
     if "PromptToPromptDemoModel" not in node_classes:
         raise PromptToPromptError(
-            f"The demo needs the demo model, {MODEL_FILE}, which this version of the pack does not ship yet. Train "
-            "it with `COMFYUI_PATH=<ComfyUI> python -m toy.train --work <folder>` in the pack's folder, or point "
+            f"The demo needs the demo model, {MODEL_FILE}, and there is no such file. The pack ships it in "
+            "toy/: restore it (git checkout toy/prompt_to_prompt_toy.safetensors), train one with "
+            "`COMFYUI_PATH=<ComfyUI> python -m toy.train --work <folder>` in the pack's folder, or point "
             "PROMPT_TO_PROMPT_DEMO_MODEL at a trained file.")
     photo = output / "inputs" / "toy_scene.png"
     photo.parent.mkdir(parents=True, exist_ok=True)
@@ -116,14 +118,18 @@ def _prompts(prompt: dict[str, dict]) -> list[tuple[str, str]]:
 MASK_OUTPUTS = {1: "word mask", 2: "blend mask"}  # ShowAttention's MASK outputs
 
 
-def _preview_label(prompt: dict[str, dict], preview: str) -> str | None:
-    """A label for a previewed mask (MaskToImage of a ShowAttention output); None for already labelled images."""
+def _preview_labels(prompt: dict[str, dict], preview: str, count: int) -> list[str | None]:
+    """Labels for the ``count`` images a preview node showed: masks (MaskToImage of a ShowAttention output) get
+    their name, word masks each their own word; None for images that come labelled (heatmaps)."""
     source = prompt[preview]["inputs"]["images"][0]
     if prompt[source]["class_type"] != "MaskToImage":
-        return None
+        return [None] * count
     show, output = prompt[source]["inputs"]["mask"]
     name = MASK_OUTPUTS.get(output, "mask")
-    return f"{name}: {prompt[show]['inputs'].get('words', '')}" if output == 1 else name
+    words = [w.strip() for w in prompt[show]["inputs"].get("words", "").split(",") if w.strip()]
+    if output == 1 and len(words) == count:
+        return [f"{name}: {word}" for word in words]
+    return [name] * count
 
 
 def _tiles(prompt: dict[str, dict], images: dict[str, list[tuple[str, Path]]]) -> list[torch.Tensor]:
@@ -131,10 +137,9 @@ def _tiles(prompt: dict[str, dict], images: dict[str, list[tuple[str, Path]]]) -
     saved = [path for node in images.values() for kind, path in node if kind == "output"]
     tiles = [label(_read(path), text) for path, (text, _) in zip(saved, _prompts(prompt))]
     for node in sorted(images, key=int):
-        for kind, path in images[node]:
-            if kind == "temp":
-                text = _preview_label(prompt, node)
-                tiles.append(_read(path) if text is None else label(_read(path), text))
+        previews = [path for kind, path in images[node] if kind == "temp"]
+        for path, text in zip(previews, _preview_labels(prompt, node, len(previews))):
+            tiles.append(_read(path) if text is None else label(_read(path), text))
     return tiles
 
 

@@ -1,8 +1,8 @@
 """Prompt-to-Prompt Demo Model: the tiny toy-world model (toy/), as MODEL, CLIP and VAE.
 
 It runs every example without downloading a checkpoint. The node exists only where the model file does
-(toy/prompt_to_prompt_toy.safetensors, or the file PROMPT_TO_PROMPT_DEMO_MODEL names): this version of the pack
-does not ship a trained one yet (README, "The toy world").
+(toy/prompt_to_prompt_toy.safetensors, which the pack ships, or the file PROMPT_TO_PROMPT_DEMO_MODEL names), so a
+pack installed without it still loads (README, "The toy world").
 """
 
 from __future__ import annotations

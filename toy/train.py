@@ -29,6 +29,10 @@ LATENT_SCALE = 0.18215
 UNCONDITIONAL = 0.1
 EMA = 0.999
 LEARNING_RATE = 8e-4
+#: Offset noise: a per-sample, per-channel constant of this std added to the training noise. SD's schedule keeps
+#: some signal at t=999, so a model trained without it cannot move a picture's mean away from its starting
+#: noise's, and a toy world of flat white and black backgrounds came out mid-gray (README, "The toy world").
+OFFSET_NOISE = 0.1
 
 
 def use_comfyui(root: str | None) -> None:
@@ -192,9 +196,10 @@ def batches(data: dict[str, torch.Tensor], size: int, seed: int) -> Iterator[tup
 
 
 def train_unet(config: model.ToyConfig, data: dict[str, torch.Tensor], clip, steps: int, batch: int, seed: int,
-               work: Path, snapshot: Callable[[torch.nn.Module, torch.nn.Module], None]
+               work: Path, snapshot: Callable[[torch.nn.Module, torch.nn.Module], None], bf16: bool
                ) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """Eps-prediction on SD's schedule, min-SNR-5 weighted, captions dropped 10 % of the time (for cfg), EMA.
+    """Eps-prediction on SD's schedule with offset noise, min-SNR-5 weighted, captions dropped 10 % of the time
+    (for cfg), EMA. ``bf16`` runs the forward pass under CPU bf16 autocast (weights and optimiser stay fp32).
 
     ``snapshot`` gets the EMA networks every 1000 steps, so a usable model exists long before the end.
     """
@@ -237,10 +242,12 @@ def train_unet(config: model.ToyConfig, data: dict[str, torch.Tensor], clip, ste
         tokens = torch.where(drop[:, None], empty, tokens)
         t = torch.randint(0, len(alphas), (batch,), generator=generator)
         noise = torch.randn(latent.shape, generator=generator)
+        noise += OFFSET_NOISE * torch.randn((batch, latent.shape[1], 1, 1), generator=generator)
         a = alphas[t].view(-1, 1, 1, 1)
         noisy = a.sqrt() * latent + (1 - a).sqrt() * noise
-        context = text(tokens.tolist())[0]
-        predicted = unet(noisy, timesteps=t.float(), context=context)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            context = text(tokens.tolist())[0]
+            predicted = unet(noisy, timesteps=t.float(), context=context).float()
         snr = alphas[t] / (1 - alphas[t])
         weight = snr.clamp(max=5) / snr
         loss = (weight * (predicted - noise).pow(2).mean((1, 2, 3))).mean()
@@ -295,12 +302,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--vae-steps", type=int, default=1500)
     parser.add_argument("--scenes", type=int, default=12000)
-    parser.add_argument("--unet-steps", type=int, default=5000)
+    parser.add_argument("--unet-steps", type=int, default=8000)
     parser.add_argument("--decoder-steps", type=int, default=1200)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--phase", choices=("all", "decoder"), default="all",
                         help="'decoder': only fine-tune the decoder (it needs only the VAE, so it can run beside "
                              "the UNet's training)")
+    parser.add_argument("--fp32", action="store_true",
+                        help="train the UNet in fp32 (default: bf16 autocast, 1.3x faster on a CPU with AVX512-BF16)")
     parser.add_argument("--evaluate", type=int, default=100, help="captions sampled to measure accuracy")
     args = parser.parse_args(argv)
     use_comfyui(args.comfyui)
@@ -342,7 +351,8 @@ def main(argv: list[str] | None = None) -> None:
     def snapshot(unet: torch.nn.Module, text: torch.nn.Module) -> None:
         model.save(args.output, config, unet, text, autoencoder, used)
 
-    snapshot(*train_unet(config, data, clip, args.unet_steps, args.batch, args.seed + 4, args.work, snapshot))
+    snapshot(*train_unet(config, data, clip, args.unet_steps, args.batch, args.seed + 4, args.work, snapshot,
+                                 not args.fp32))
     size = args.output.stat().st_size / 2 ** 20
     print(f"wrote {args.output} ({size:.1f} MiB) after {(time.time() - began) / 60:.1f} min", flush=True)
     scores = caption_accuracy(args.output, args.evaluate, args.seed + 5)
