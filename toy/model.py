@@ -149,8 +149,9 @@ def read(path: Path) -> tuple[ToyConfig, dict[str, dict[str, torch.Tensor]]]:
     return config, parts
 
 
-def load(path: Path) -> tuple[Any, Any, Any, ToyConfig]:
-    """The demo model as ComfyUI's (ModelPatcher, CLIP, VAE), placed and typed as ComfyUI places a checkpoint."""
+def load(path: Path, dtype: torch.dtype | None = None) -> tuple[Any, Any, Any, ToyConfig]:
+    """The demo model as ComfyUI's (ModelPatcher, CLIP, VAE), placed and typed as ComfyUI places a checkpoint, or
+    with the UNet in ``dtype`` (the tests run the fp16 and bf16 a user's GPU would on the CPU)."""
     import comfy.model_management as mm
     import comfy.model_patcher
     import comfy.sd
@@ -158,7 +159,7 @@ def load(path: Path) -> tuple[Any, Any, Any, ToyConfig]:
     config, parts = read(path)
     base = build_unet(config)
     base.diffusion_model.load_state_dict(parts["unet"])
-    dtype = mm.unet_dtype(model_params=1, supported_dtypes=[torch.float16, torch.bfloat16, torch.float32])
+    dtype = dtype or mm.unet_dtype(model_params=1, supported_dtypes=[torch.float16, torch.bfloat16, torch.float32])
     base.diffusion_model.to(dtype)
     base.diffusion_model.dtype = dtype
     base.eval()

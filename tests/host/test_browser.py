@@ -18,6 +18,7 @@ from pathlib import Path
 
 import checkpoint
 import live_server
+import numpy as np
 import pack
 import pytest
 import tiny
@@ -27,6 +28,8 @@ PACK_NODES = {"ReplaceEdit", "RefineEdit", "Reweight", "LocalBlendMask", "Attent
               "NullTextInvert"}
 PREVIEW_NODES = {"ReplaceEdit", "RefineEdit", "Reweight", "LocalBlendMask"}
 EXAMPLES = sorted((pack.REPO_ROOT / "example_workflows").glob("*.json"))
+#: Loaded now: loading the pack runs an event loop, which cannot start once Playwright's is running.
+MEASURE = pack.module("toy.measure")
 CHECKPOINT_NAME = "v1-5-pruned-emaonly.safetensors"  # what the examples name
 NO_NETWORK = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
               "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -171,3 +174,61 @@ def test_examples_are_listed_as_templates_with_thumbnails(server):
     listed = live_server.get_json(server + "/api/workflow_templates")["comfyui-prompt-to-prompt"]
     assert sorted(listed) == [p.stem for p in EXAMPLES]
     assert all(p.with_suffix(".jpg").is_file() for p in EXAMPLES)
+
+
+SWAP_IN_THE_DEMO_MODEL = """() => {
+  const graph = app.graph;
+  const link = (id) => (graph.links.get ? graph.links.get(id) : graph.links[id]);
+  for (const old of graph._nodes.filter((n) => n.type === "CheckpointLoaderSimple")) {
+    const demo = LiteGraph.createNode("PromptToPromptDemoModel");
+    graph.add(demo);
+    demo.pos = [...old.pos];
+    old.outputs.forEach((output, slot) => {
+      for (const id of [...(output.links ?? [])]) {
+        const l = link(id);
+        demo.connect(slot, graph.getNodeById(l.target_id), l.target_slot);
+      }
+    });
+    graph.remove(old);
+  }
+  app.canvas.setDirty(true, true);
+  return graph._nodes.filter((n) => n.type === "PromptToPromptDemoModel").map((n) => n.title);
+}"""
+
+SET_WIDGET = """([type, name, value]) => {
+  for (const node of app.graph._nodes.filter((n) => n.type === type))
+    for (const w of node.widgets ?? []) if (w.name === name) w.value = value;
+  app.canvas.setDirty(true, true);
+}"""
+
+
+def test_the_demo_model_runs_the_word_swap_example_in_the_real_ui(server, page, base_dir):
+    """What a user without a checkpoint does: open the word-swap example, put the Demo Model node in place of Load
+    Checkpoint, write toy captions, queue. The saved pair shows the same circle, red then yellow."""
+    source = "a big red circle and a small blue square on a white background"
+    workflow = json.loads((pack.REPO_ROOT / "example_workflows" / "replace_word_swap.json").read_text())
+    page.evaluate("async (wf) => { await app.loadGraphData(wf); }", workflow)
+    assert page.evaluate(SWAP_IN_THE_DEMO_MODEL) == ["Prompt-to-Prompt Demo Model"]
+    for setting in (("ReplaceEdit", "source_prompt", source),
+                    ("ReplaceEdit", "target_prompt", source.replace("red", "yellow")),
+                    ("ReplaceEdit", "width", 128), ("ReplaceEdit", "height", 128),
+                    ("KSampler", "steps", 20), ("KSampler", "seed", 3),
+                    ("KSampler", "control_after_generate", "fixed"), ("CLIPTextEncode", "text", "")):
+        page.evaluate(SET_WIDGET, list(setting))
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(screenshots() / "demo_model_word_swap.png"))
+    before = set(live_server.get_json(server + "/history"))
+    page.evaluate("async () => { await app.queuePrompt(0, 1); }")
+    entry = wait_for_history(server, before)
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"]["messages"])[-2000:]
+    from PIL import Image
+
+    saved = [base_dir / "output" / image["subfolder"] / image["filename"]
+             for output in entry["outputs"].values() for image in output.get("images", [])]
+    pictures = [np.asarray(Image.open(path).convert("RGB")) for path in saved]
+    assert [p.shape for p in pictures] == [(128, 128, 3)] * 2, "the widgets set above were not used"
+    red, yellow = ([f for f in MEASURE.objects(picture) if f.colour == colour]
+                   for picture, colour in zip(pictures, ("red", "yellow")))
+    assert red and yellow, saved
+    overlap = (red[0].mask & yellow[0].mask).sum() / (red[0].mask | yellow[0].mask).sum()
+    assert overlap >= 0.7, overlap
