@@ -42,8 +42,8 @@ def encode(clip, text):
     return nodes.CLIPTextEncode().encode(clip, text)[0]
 
 
-def sample(model, clip, positive, latent, seed, sampler="ddim", scheduler="ddim_uniform"):
-    return nodes.common_ksampler(model, seed, STEPS, CFG, sampler, scheduler, positive, encode(clip, ""),
+def sample(model, clip, positive, latent, seed):
+    return nodes.common_ksampler(model, seed, STEPS, CFG, "ddim", "ddim_uniform", positive, encode(clip, ""),
                                  latent)[0]["samples"]
 
 
@@ -51,13 +51,10 @@ def pictures(vae, samples) -> list[np.ndarray]:
     return list((vae.decode(samples).clamp(0, 1) * 255).round().byte().numpy())
 
 
-def empty(batch=1):
-    return {"samples": torch.zeros(batch, 4, SIZE // 8, SIZE // 8)}
-
-
 def plain(demo, text, seed) -> np.ndarray:
     model, clip, vae = demo
-    return pictures(vae, sample(model, clip, encode(clip, text), empty(), seed))[0]
+    empty = {"samples": torch.zeros(1, 4, SIZE // 8, SIZE // 8)}
+    return pictures(vae, sample(model, clip, encode(clip, text), empty, seed))[0]
 
 
 def edited(p2p, demo, node, seed, *args, **kwargs) -> list[np.ndarray]:
@@ -66,8 +63,9 @@ def edited(p2p, demo, node, seed, *args, **kwargs) -> list[np.ndarray]:
     return pictures(vae, sample(patched, clip, positive, latent, seed))
 
 
-def replace(p2p, demo, source, target, seed, cross=0.8, self_=0.4, model=None):
-    return edited(p2p, (model or demo[0], *demo[1:]), "ReplaceEdit", seed, source, target, cross, self_, SIZE, SIZE)
+def replace(p2p, demo, source, target, seed, model=None):
+    """Source and edit of a word swap at the node's default windows (0.8, 0.4), on ``model`` or the demo's."""
+    return edited(p2p, (model or demo[0], *demo[1:]), "ReplaceEdit", seed, source, target, 0.8, 0.4, SIZE, SIZE)
 
 
 def thing(measure, image, colour):
