@@ -1,4 +1,5 @@
-"""Train the demo model from nothing on this CPU: the VAE, then the UNet and text encoder together.
+"""Train the demo model from nothing on this CPU: the VAE, then the UNet and text encoder together, in two
+one-cycle schedules (the second on twice the scenes at half the peak learning rate; ``--second-steps 0``: one).
 
     COMFYUI_PATH=/path/to/ComfyUI python -m toy.train --work /tmp/toy --output toy/prompt_to_prompt_toy.safetensors
 
@@ -29,6 +30,8 @@ LATENT_SCALE = 0.18215
 UNCONDITIONAL = 0.1
 EMA = 0.999
 LEARNING_RATE = 8e-4
+#: The second cycle's peak learning rate: it starts from a trained model, so a smaller peak keeps what it knows.
+SECOND_LEARNING_RATE = 4e-4
 #: Offset noise: a per-sample, per-channel constant of this std added to the training noise. SD's schedule keeps
 #: some signal at t=999, so a model trained without it cannot move a picture's mean away from its starting
 #: noise's, and a toy world of flat white and black backgrounds came out mid-gray (README, "The toy world").
@@ -196,12 +199,16 @@ def batches(data: dict[str, torch.Tensor], size: int, seed: int) -> Iterator[tup
 
 
 def train_unet(config: model.ToyConfig, data: dict[str, torch.Tensor], clip, steps: int, batch: int, seed: int,
-               work: Path, snapshot: Callable[[torch.nn.Module, torch.nn.Module], None], bf16: bool
+               checkpoint: Path, snapshot: Callable[[torch.nn.Module, torch.nn.Module], None], bf16: bool,
+               learning_rate: float = LEARNING_RATE, start_from: Path | None = None
                ) -> tuple[torch.nn.Module, torch.nn.Module]:
     """Eps-prediction on SD's schedule with offset noise, min-SNR-5 weighted, captions dropped 10 % of the time
     (for cfg), EMA. ``bf16`` runs the forward pass under CPU bf16 autocast (weights and optimiser stay fp32).
 
-    ``snapshot`` gets the EMA networks every 1000 steps, so a usable model exists long before the end.
+    One one-cycle learning-rate schedule over ``steps``; ``checkpoint`` (saved every 500 steps) resumes it.
+    ``start_from``, another run's checkpoint, gives the networks and their EMA to start from (a second cycle
+    with a fresh optimiser). ``snapshot`` gets the EMA networks every 1000 steps, so a usable model exists long
+    before the end.
     """
     base = model.build_unet(config)
     unet, text = base.diffusion_model, model.text_encoder(clip)
@@ -219,18 +226,22 @@ def train_unet(config: model.ToyConfig, data: dict[str, torch.Tensor], clip, ste
             # the layer norm; a copy of its input keeps inference code untouched and makes training legal.
             layer.register_forward_pre_hook(lambda _, inputs: tuple(x.clone() for x in inputs))
     parameters = [*unet.parameters(), *text.transformer.parameters()]
-    optimiser = torch.optim.AdamW(parameters, lr=LEARNING_RATE, weight_decay=0)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, LEARNING_RATE, total_steps=steps, pct_start=0.03,
+    optimiser = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, learning_rate, total_steps=steps, pct_start=0.03,
                                                    final_div_factor=10)
     ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text).requires_grad_(False)
-    first, checkpoint = 1, work / "unet.pt"
+    first = 1
+    if start_from is not None and not checkpoint.exists():
+        state = torch.load(start_from, weights_only=False)
+        for network, key in ((unet, "unet"), (text, "text"), (ema_unet, "ema_unet"), (ema_text, "ema_text")):
+            network.load_state_dict(state[key])
     if checkpoint.exists():
         state = torch.load(checkpoint, weights_only=False)
         for network, key in ((unet, "unet"), (text, "text"), (ema_unet, "ema_unet"), (ema_text, "ema_text"),
                              (optimiser, "optimiser"), (schedule, "schedule")):
             network.load_state_dict(state[key])
         first = state["step"] + 1
-        print(f"[unet] resuming at step {first}", flush=True)
+        print(f"[{checkpoint.stem}] resuming at step {first}", flush=True)
     alphas = 1 / (1 + base.model_sampling.sigmas.float() ** 2)
     empty = torch.tensor(token_ids(clip, ""))
     stream = batches(data, batch, seed + first)
@@ -263,7 +274,7 @@ def train_unet(config: model.ToyConfig, data: dict[str, torch.Tensor], clip, ste
                     q.lerp_(p, 1 - decay)
         running = 0.99 * running + 0.01 * loss.item() if step > first else loss.item()
         if step % 100 == 0 or step == steps:
-            progress("unet", step - first + 1, steps - first + 1, start, running)
+            progress(checkpoint.stem, step - first + 1, steps - first + 1, start, running)
         if step % 500 == 0 or step == steps:
             state = {"step": step, "unet": unet.state_dict(), "text": text.state_dict(),
                      "ema_unet": ema_unet.state_dict(), "ema_text": ema_text.state_dict(),
@@ -303,6 +314,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vae-steps", type=int, default=1500)
     parser.add_argument("--scenes", type=int, default=12000)
     parser.add_argument("--unet-steps", type=int, default=8000)
+    parser.add_argument("--second-steps", type=int, default=8000,
+                        help="steps of the second cycle (0: none), on twice the scenes at half the learning rate")
     parser.add_argument("--decoder-steps", type=int, default=1200)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--phase", choices=("all", "decoder"), default="all",
@@ -338,12 +351,14 @@ def main(argv: list[str] | None = None) -> None:
             return
 
     clip = model.build_clip(config)
-    data_file = args.work / "scenes.pt"
-    if data_file.exists():
-        data = torch.load(data_file)
-    else:
-        data = encode_scenes(autoencoder, clip, args.scenes, args.seed + 3)
-        torch.save(data, data_file)
+
+    def scenes_file(name: str, count: int, seed: int) -> dict[str, torch.Tensor]:
+        path = args.work / name
+        if not path.exists():
+            torch.save(encode_scenes(autoencoder, clip, count, seed), path)
+        return torch.load(path)
+
+    data = scenes_file("scenes.pt", args.scenes, args.seed + 3)
     used = sorted({int(t) for t in data["tokens"].unique()} | set(token_ids(clip, "")))
 
     autoencoder.load_state_dict(torch.load(decoder_file))
@@ -351,8 +366,14 @@ def main(argv: list[str] | None = None) -> None:
     def snapshot(unet: torch.nn.Module, text: torch.nn.Module) -> None:
         model.save(args.output, config, unet, text, autoencoder, used)
 
-    snapshot(*train_unet(config, data, clip, args.unet_steps, args.batch, args.seed + 4, args.work, snapshot,
-                                 not args.fp32))
+    first = args.work / "unet.pt"
+    snapshot(*train_unet(config, data, clip, args.unet_steps, args.batch, args.seed + 4, first, snapshot,
+                         not args.fp32))
+    if args.second_steps:
+        more = scenes_file("scenes2.pt", args.scenes, args.seed + 7)
+        data = {key: torch.cat([data[key], more[key]]) for key in data}
+        snapshot(*train_unet(config, data, clip, args.second_steps, args.batch, args.seed + 8,
+                             args.work / "unet2.pt", snapshot, not args.fp32, SECOND_LEARNING_RATE, first))
     size = args.output.stat().st_size / 2 ** 20
     print(f"wrote {args.output} ({size:.1f} MiB) after {(time.time() - began) / 60:.1f} min", flush=True)
     scores = caption_accuracy(args.output, args.evaluate, args.seed + 5)
