@@ -231,17 +231,17 @@ def train_unet(config: model.ToyConfig, data: dict[str, torch.Tensor], clip, ste
                                                    final_div_factor=10)
     ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text).requires_grad_(False)
     first = 1
-    if start_from is not None and not checkpoint.exists():
-        state = torch.load(start_from, weights_only=False)
-        for network, key in ((unet, "unet"), (text, "text"), (ema_unet, "ema_unet"), (ema_text, "ema_text")):
-            network.load_state_dict(state[key])
+    networks = ((unet, "unet"), (text, "text"), (ema_unet, "ema_unet"), (ema_text, "ema_text"))
     if checkpoint.exists():
         state = torch.load(checkpoint, weights_only=False)
-        for network, key in ((unet, "unet"), (text, "text"), (ema_unet, "ema_unet"), (ema_text, "ema_text"),
-                             (optimiser, "optimiser"), (schedule, "schedule")):
-            network.load_state_dict(state[key])
+        for part, key in (*networks, (optimiser, "optimiser"), (schedule, "schedule")):
+            part.load_state_dict(state[key])
         first = state["step"] + 1
         print(f"[{checkpoint.stem}] resuming at step {first}", flush=True)
+    elif start_from is not None:
+        state = torch.load(start_from, weights_only=False)
+        for network, key in networks:
+            network.load_state_dict(state[key])
     alphas = 1 / (1 + base.model_sampling.sigmas.float() ** 2)
     empty = torch.tensor(token_ids(clip, ""))
     stream = batches(data, batch, seed + first)
@@ -304,6 +304,18 @@ def caption_accuracy(path: Path, samples: int, seed: int, steps: int = 20, cfg: 
             for name in ("ok", "count", "colours", "shapes", "background")}
 
 
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least ``minimum``, so a typo fails at once with the flag's name,
+    not an hour later inside the learning-rate schedule."""
+
+    def parse(text: str) -> int:
+        if not text.isdigit() or int(text) < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least {minimum}")
+        return int(text)
+
+    return parse
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, required=True, help="folder for resumable intermediate results")
@@ -311,19 +323,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--comfyui", help="ComfyUI folder (default: COMFYUI_PATH)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--vae-steps", type=int, default=1500)
-    parser.add_argument("--scenes", type=int, default=12000)
-    parser.add_argument("--unet-steps", type=int, default=8000)
-    parser.add_argument("--second-steps", type=int, default=8000,
+    parser.add_argument("--vae-steps", type=at_least(1), default=1500)
+    parser.add_argument("--scenes", type=at_least(1), default=12000)
+    parser.add_argument("--unet-steps", type=at_least(1), default=8000)
+    parser.add_argument("--second-steps", type=at_least(0), default=8000,
                         help="steps of the second cycle (0: none), on twice the scenes at half the learning rate")
-    parser.add_argument("--decoder-steps", type=int, default=1200)
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--decoder-steps", type=at_least(1), default=1200)
+    parser.add_argument("--batch", type=at_least(1), default=32)
     parser.add_argument("--phase", choices=("all", "decoder"), default="all",
                         help="'decoder': only fine-tune the decoder (it needs only the VAE, so it can run beside "
                              "the UNet's training)")
     parser.add_argument("--fp32", action="store_true",
                         help="train the UNet in fp32 (default: bf16 autocast, 1.3x faster on a CPU with AVX512-BF16)")
-    parser.add_argument("--evaluate", type=int, default=100, help="captions sampled to measure accuracy")
+    parser.add_argument("--evaluate", type=at_least(1), default=100, help="captions sampled to measure accuracy")
     args = parser.parse_args(argv)
     use_comfyui(args.comfyui)
     torch.set_num_threads(args.threads)
