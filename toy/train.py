@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -198,6 +199,16 @@ def batches(data: dict[str, torch.Tensor], size: int, seed: int) -> Iterator[tup
         yield latent * LATENT_SCALE, data["tokens"][pick]
 
 
+def resume(path: Path, state: dict[str, Any], parts: tuple[tuple[Any, str], ...]) -> None:
+    """Load each part's state from a checkpoint, or stop naming the likely cause: a checkpoint of other widths."""
+    for part, key in parts:
+        try:
+            part.load_state_dict(state[key])
+        except (RuntimeError, ValueError) as error:
+            raise SystemExit(f"{path} does not fit this run's networks ({str(error).splitlines()[0]}). It was "
+                             "trained with other --unet-widths: give the same widths, or another --work.") from None
+
+
 def train_unet(config: model.ToyConfig, data: dict[str, torch.Tensor], clip, steps: int, batch: int, seed: int,
                checkpoint: Path, snapshot: Callable[[torch.nn.Module, torch.nn.Module], None], bf16: bool,
                learning_rate: float = LEARNING_RATE, start_from: Path | None = None
@@ -234,14 +245,11 @@ def train_unet(config: model.ToyConfig, data: dict[str, torch.Tensor], clip, ste
     networks = ((unet, "unet"), (text, "text"), (ema_unet, "ema_unet"), (ema_text, "ema_text"))
     if checkpoint.exists():
         state = torch.load(checkpoint, weights_only=False)
-        for part, key in (*networks, (optimiser, "optimiser"), (schedule, "schedule")):
-            part.load_state_dict(state[key])
+        resume(checkpoint, state, (*networks, (optimiser, "optimiser"), (schedule, "schedule")))
         first = state["step"] + 1
         print(f"[{checkpoint.stem}] resuming at step {first}", flush=True)
     elif start_from is not None:
-        state = torch.load(start_from, weights_only=False)
-        for network, key in networks:
-            network.load_state_dict(state[key])
+        resume(start_from, torch.load(start_from, weights_only=False), networks)
     alphas = 1 / (1 + base.model_sampling.sigmas.float() ** 2)
     empty = torch.tensor(token_ids(clip, ""))
     stream = batches(data, batch, seed + first)
@@ -316,6 +324,19 @@ def at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def widths(text: str) -> tuple[int, ...]:
+    """An argparse type: the UNet's channels per level, e.g. ``32,64,128``. Each a multiple of 32 (its
+    GroupNorms have 32 groups) and of the first (ComfyUI's UNet counts levels in multiples of its first width)."""
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or any(v <= 0 or v % 32 or v % values[0] for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r} is not widths like 32,64,128: whole multiples of 32 and of "
+                                         "the first width, comma-separated")
+    return values
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, required=True, help="folder for resumable intermediate results")
@@ -330,6 +351,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="steps of the second cycle (0: none), on twice the scenes at half the learning rate")
     parser.add_argument("--decoder-steps", type=at_least(1), default=1200)
     parser.add_argument("--batch", type=at_least(1), default=32)
+    default = model.ToyConfig()
+    parser.add_argument("--unet-widths", type=widths,
+                        default=tuple(default.unet_channels * m for m in default.unet_mult),
+                        help="the UNet's channels at the 16x16, 8x8 and 4x4 latent levels (default %(default)s)")
     parser.add_argument("--phase", choices=("all", "decoder"), default="all",
                         help="'decoder': only fine-tune the decoder (it needs only the VAE, so it can run beside "
                              "the UNet's training)")
@@ -340,7 +365,8 @@ def main(argv: list[str] | None = None) -> None:
     use_comfyui(args.comfyui)
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
-    config = model.ToyConfig()
+    config = model.ToyConfig(unet_channels=args.unet_widths[0],
+                             unet_mult=tuple(w // args.unet_widths[0] for w in args.unet_widths))
     began = time.time()
 
     vae_file = args.work / "vae.pt"
