@@ -325,15 +325,16 @@ def at_least(minimum: int) -> Callable[[str], int]:
 
 
 def widths(text: str) -> tuple[int, ...]:
-    """An argparse type: the UNet's channels per level, e.g. ``32,64,128``. Each a multiple of 32 (its
-    GroupNorms have 32 groups) and of the first (ComfyUI's UNet counts levels in multiples of its first width)."""
+    """An argparse type: the UNet's channels at its three levels (16x16, 8x8, 4x4 latents), e.g. ``32,64,128``.
+    Each a multiple of 32 (its GroupNorms have 32 groups) and of the first (ComfyUI's UNet counts levels in
+    multiples of its first width)."""
     try:
         values = tuple(int(part) for part in text.split(","))
     except ValueError:
         values = ()
-    if not values or any(v <= 0 or v % 32 or v % values[0] for v in values):
-        raise argparse.ArgumentTypeError(f"{text!r} is not widths like 32,64,128: whole multiples of 32 and of "
-                                         "the first width, comma-separated")
+    if len(values) != 3 or any(v <= 0 or v % 32 or v % values[0] for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r} is not three widths like 32,64,128: whole multiples of 32 and "
+                                         "of the first width, comma-separated")
     return values
 
 

@@ -17,7 +17,7 @@ def test_a_bad_count_stops_training_before_it_starts(flag, value, tmp_path, caps
     assert not list(tmp_path.iterdir()), "nothing may be trained or written"
 
 
-@pytest.mark.parametrize("value", ["48,96,192", "64,96,128", "32,x", ""])
+@pytest.mark.parametrize("value", ["48,96,192", "64,96,128", "32,64", "32,64,128,256", "32,x", ""])
 def test_widths_that_the_unet_cannot_take_stop_training_before_it_starts(value, tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         train.main(["--work", str(tmp_path), "--unet-widths", value])
@@ -28,9 +28,9 @@ def test_widths_that_the_unet_cannot_take_stop_training_before_it_starts(value, 
 
 
 def test_a_checkpoint_of_other_widths_is_refused_naming_the_flag(tmp_path):
-    narrow = pack.module("toy.model").build_unet(pack.module("toy.model").ToyConfig()).diffusion_model
-    wide = pack.module("toy.model").build_unet(
-        pack.module("toy.model").ToyConfig(unet_channels=64, unet_mult=(1, 1, 2))).diffusion_model
+    model = pack.module("toy.model")
+    narrow = model.build_unet(model.ToyConfig()).diffusion_model
+    wide = model.build_unet(model.ToyConfig(unet_channels=64, unet_mult=(1, 1, 2))).diffusion_model
     path = tmp_path / "unet.pt"
     with pytest.raises(SystemExit, match="--unet-widths") as stop:
         train.resume(path, {"unet": narrow.state_dict()}, ((wide, "unet"),))
