@@ -154,8 +154,8 @@ class InversionPatch:
 class InversionSampler(comfy.samplers.Sampler):
     """Runs the inversion where ComfyUI would run a sampler, with the model loaded and the conds processed."""
 
-    def __init__(self, mode: str, cfg: float, progress: comfy.utils.ProgressBar) -> None:
-        self.mode, self.cfg, self.progress = mode, cfg, progress
+    def __init__(self, mode: str, cfg: float, progress: comfy.utils.ProgressBar, settings: NullTextSettings) -> None:
+        self.mode, self.cfg, self.progress, self.settings = mode, cfg, progress, settings
         self.uncond: tuple[torch.Tensor, ...] = ()
         self.uncond_y: torch.Tensor | None = None
         self.targets: tuple[torch.Tensor, ...] = ()
@@ -189,7 +189,7 @@ class InversionSampler(comfy.samplers.Sampler):
         if self.mode == "null-text":
             self.uncond = tuple(null_text_optimise(
                 cond, uncond, pivots, schedule, self.cfg, _model_cond(negative, "c_crossattn").clone(),
-                NullTextSettings(), on_step=tick, **half_precision(inner, cond, uncond),
+                self.settings, on_step=tick, **half_precision(inner, cond, uncond),
                 check=comfy.model_management.throw_exception_if_processing_interrupted))
             self.uncond_y = _model_cond(negative, "y")
         elif self.mode == "negative-prompt":
@@ -344,12 +344,17 @@ class NullTextInvert:
             "optional": {
                 "positive": ("CONDITIONING", {"tooltip": "Optional conditioning to invert with instead of "
                                                          "encoding the prompt (keep the prompt text matching)."}),
+                "inner_steps": ("INT", {"default": NullTextSettings.iterations, "min": 1, "max": 1000,
+                                        "tooltip": "null-text only: updates of the negative embedding per sampling "
+                                                   "step, each step stopping early once it is retraced (the paper: "
+                                                   "10). Raise it when the reconstruction is not faithful: on the "
+                                                   "demo model 50 reach 49 dB where 10 reach 34."}),
             },
         }
 
     def invert(self, model, clip, prompt: str, latent: dict, mode: str, steps: int, cfg: float, scheduler: str,
-               positive: list | None = None) -> tuple:
-        _check_inputs(model, latent, mode, cfg)
+               positive: list | None = None, inner_steps: int = NullTextSettings.iterations) -> tuple:
+        _check_inputs(model, latent, mode, cfg, inner_steps)
         # The prompt becomes the edit's source: refuse what the edit would refuse, before minutes of inversion.
         require_words(tokenize_prompt(clip, prompt), "'prompt' input of Invert Image",
                       "describe the photo in it (it is the source prompt of the edit)")
@@ -359,7 +364,7 @@ class NullTextInvert:
             positive = _conditioning(encode_prompt(clip, prompt))
         negative = _conditioning(encode_prompt(clip, ""))
         progress = comfy.utils.ProgressBar(steps * (2 if mode == "null-text" else 1))
-        sampler = InversionSampler(mode, cfg, progress)
+        sampler = InversionSampler(mode, cfg, progress, NullTextSettings(iterations=inner_steps))
         worker = _differentiable(model) if mode == "null-text" else model
         with torch.inference_mode(False), torch.enable_grad():
             try:
@@ -387,7 +392,7 @@ def _clone(conditioning: list) -> list:
             for c, d in conditioning]
 
 
-def _check_inputs(model, latent: dict, mode: str, cfg: float) -> None:
+def _check_inputs(model, latent: dict, mode: str, cfg: float, inner_steps: int) -> None:
     if model.get_attachment(EDIT_KEY) is not None:
         raise PromptToPromptError(
             "NullTextInvert must come before the edit nodes: connect the checkpoint's MODEL to NullTextInvert and "
@@ -404,6 +409,9 @@ def _check_inputs(model, latent: dict, mode: str, cfg: float) -> None:
             "image (or pick one with LatentFromBatch).")
     if mode == "null-text" and cfg <= 1.0:
         raise PromptToPromptError("Null-text inversion optimises the unconditional branch, so it needs cfg above 1.")
+    if not isinstance(inner_steps, int) or inner_steps < 1:
+        raise PromptToPromptError(f"The 'inner_steps' input of Invert Image is {inner_steps!r}; set it to a whole "
+                                  "number from 1 to 1000 (the paper: 10).")
 
 
 NODE_CLASS_MAPPINGS = {"NullTextInvert": NullTextInvert}

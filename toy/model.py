@@ -126,12 +126,16 @@ def save(path: Path, config: ToyConfig, unet: torch.nn.Module, text: torch.nn.Mo
 def read(path: Path) -> tuple[ToyConfig, dict[str, dict[str, torch.Tensor]]]:
     """The config and fp32 state dicts per network (``unet``, ``clip``, ``vae``), the token embedding restored.
 
-    Raises ValueError, naming the file, for a .safetensors that ``save`` did not write.
+    Raises ValueError, naming the file, for a file that is no .safetensors or one that ``save`` did not write.
     """
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     parts: dict[str, dict[str, torch.Tensor]] = {"unet": {}, "clip": {}, "vae": {}}
-    with safe_open(str(path), framework="pt") as handle:
+    try:
+        handle = safe_open(str(path), framework="pt")
+    except SafetensorError as error:
+        raise ValueError(f"{path} is not a .safetensors file ({error}).") from None
+    with handle:
         metadata = handle.metadata() or {}
         if "toy_config" not in metadata:
             raise ValueError(f"{path} is not a demo-model file (its metadata has no toy_config): use a file written "

@@ -199,6 +199,23 @@ def batches(data: dict[str, torch.Tensor], size: int, seed: int) -> Iterator[tup
         yield latent * LATENT_SCALE, data["tokens"][pick]
 
 
+def adopt_vae(source: Path, work: Path, config: model.ToyConfig) -> None:
+    """Put another demo-model file's VAE in ``work`` as the VAE and decoder phases' results. Its encoder defines
+    the latent space and its decoder is already fine-tuned, so a UNet experiment skips both phases (30 min here).
+
+    Stops naming the file when it is no demo-model file, or its VAE has other widths than this run's.
+    """
+    try:
+        theirs, parts = model.read(source)
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"--vae-from: {error}") from None
+    if (theirs.vae_channels, theirs.vae_mult) != (config.vae_channels, config.vae_mult):
+        raise SystemExit(f"--vae-from: {source}'s VAE has widths {theirs.vae_channels} x {theirs.vae_mult}, this "
+                         f"run's {config.vae_channels} x {config.vae_mult}.")
+    for name in ("vae.pt", "decoder.pt"):
+        torch.save(parts["vae"], work / name)
+
+
 def resume(path: Path, state: dict[str, Any], parts: tuple[tuple[Any, str], ...]) -> None:
     """Load each part's state from a checkpoint, or stop naming the likely cause: a checkpoint of other widths."""
     for part, key in parts:
@@ -356,6 +373,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--unet-widths", type=widths,
                         default=tuple(default.unet_channels * m for m in default.unet_mult),
                         help="the UNet's channels at the 16x16, 8x8 and 4x4 latent levels (default %(default)s)")
+    parser.add_argument("--vae-from", type=Path,
+                        help="a demo-model file whose VAE this run uses instead of training one (skips the VAE and "
+                             "decoder phases; for a --work that has no VAE yet)")
     parser.add_argument("--phase", choices=("all", "decoder"), default="all",
                         help="'decoder': only fine-tune the decoder (it needs only the VAE, so it can run beside "
                              "the UNet's training)")
@@ -371,6 +391,8 @@ def main(argv: list[str] | None = None) -> None:
     began = time.time()
 
     vae_file = args.work / "vae.pt"
+    if args.vae_from is not None and not vae_file.exists():
+        adopt_vae(args.vae_from, args.work, config)
     autoencoder = model.build_autoencoder(config)
     if vae_file.exists():
         autoencoder.load_state_dict(torch.load(vae_file))

@@ -1,8 +1,9 @@
 """The training command's arguments: a bad count or width stops it at once, naming the flag (training takes
-hours), and a checkpoint of other widths is refused by name."""
+hours), a checkpoint of other widths is refused by name, and --vae-from takes a demo-model file's VAE."""
 
 import pack
 import pytest
+import torch
 
 train = pack.module("toy.train")
 
@@ -35,3 +36,33 @@ def test_a_checkpoint_of_other_widths_is_refused_naming_the_flag(tmp_path):
     with pytest.raises(SystemExit, match="--unet-widths") as stop:
         train.resume(path, {"unet": narrow.state_dict()}, ((wide, "unet"),))
     assert str(path) in str(stop.value)
+
+
+def test_vae_from_the_shipped_model_stands_for_the_vae_and_decoder_phases(tmp_path):
+    """Both phases' results are the file's VAE: the autoencoder training builds loads it and decodes as the file's."""
+    model = pack.module("toy.model")
+    shipped = pack.module("nodes.toy_nodes").MODEL_FILE
+    train.adopt_vae(shipped, tmp_path, model.ToyConfig())
+    _, parts = model.read(shipped)
+    for name in ("vae.pt", "decoder.pt"):
+        autoencoder = model.build_autoencoder(model.ToyConfig())
+        autoencoder.load_state_dict(torch.load(tmp_path / name))
+        assert all(torch.equal(value, parts["vae"][key]) for key, value in autoencoder.state_dict().items()), name
+
+
+@pytest.mark.parametrize("content", [b"not a safetensors file", None], ids=["junk", "missing"])
+def test_vae_from_a_file_that_is_no_demo_model_stops_naming_it(content, tmp_path):
+    path = tmp_path / "other.safetensors"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(SystemExit, match="--vae-from") as stop:
+        train.adopt_vae(path, tmp_path, pack.module("toy.model").ToyConfig())
+    assert str(path) in str(stop.value)
+    assert not (tmp_path / "vae.pt").exists()
+
+
+def test_vae_from_a_file_with_other_vae_widths_is_refused(tmp_path):
+    model = pack.module("toy.model")
+    shipped = pack.module("nodes.toy_nodes").MODEL_FILE
+    with pytest.raises(SystemExit, match="widths"):
+        train.adopt_vae(shipped, tmp_path, model.ToyConfig(vae_channels=64))
