@@ -409,7 +409,7 @@ def _check_inputs(model, latent: dict, mode: str, cfg: float, inner_steps: int) 
             "image (or pick one with LatentFromBatch).")
     if mode == "null-text" and cfg <= 1.0:
         raise PromptToPromptError("Null-text inversion optimises the unconditional branch, so it needs cfg above 1.")
-    if not isinstance(inner_steps, int) or inner_steps < 1:
+    if not isinstance(inner_steps, int) or not 1 <= inner_steps <= 1000:
         raise PromptToPromptError(f"The 'inner_steps' input of Invert Image is {inner_steps!r}; set it to a whole "
                                   "number from 1 to 1000 (the paper: 10).")
 
