@@ -211,7 +211,8 @@ def adopt_vae(source: Path, work: Path, config: model.ToyConfig) -> None:
         raise SystemExit(f"--vae-from: {error}") from None
     if (theirs.vae_channels, theirs.vae_mult) != (config.vae_channels, config.vae_mult):
         raise SystemExit(f"--vae-from: {source}'s VAE has widths {theirs.vae_channels} x {theirs.vae_mult}, this "
-                         f"run's {config.vae_channels} x {config.vae_mult}.")
+                         f"run's {config.vae_channels} x {config.vae_mult}: give a file of this run's VAE widths, or "
+                         "leave --vae-from out to train a VAE.")
     for name in ("vae.pt", "decoder.pt"):
         torch.save(parts["vae"], work / name)
 
@@ -391,8 +392,11 @@ def main(argv: list[str] | None = None) -> None:
     began = time.time()
 
     vae_file = args.work / "vae.pt"
-    if args.vae_from is not None and not vae_file.exists():
-        adopt_vae(args.vae_from, args.work, config)
+    if args.vae_from is not None:
+        if vae_file.exists():
+            print(f"[vae] {args.work} has a VAE already: resuming with it, not --vae-from's", flush=True)
+        else:
+            adopt_vae(args.vae_from, args.work, config)
     autoencoder = model.build_autoencoder(config)
     if vae_file.exists():
         autoencoder.load_state_dict(torch.load(vae_file))
