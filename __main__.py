@@ -18,10 +18,14 @@ import sys
 from pathlib import Path
 
 PACK = Path(__file__).resolve().parent
+#: The pack's folder as it was started, links kept: a pack linked into ComfyUI/custom_nodes (a common way to
+#: develop one) resolves to its checkout, whose parents hold no ComfyUI.
+STARTED_FROM = Path(os.path.abspath(__file__)).parent
 
 
 def comfyui_root(explicit: str | None) -> Path:
-    for candidate in (explicit, os.environ.get("COMFYUI_PATH"), str(PACK.parent.parent)):
+    for candidate in (explicit, os.environ.get("COMFYUI_PATH"), str(STARTED_FROM.parent.parent),
+                      str(PACK.parent.parent)):
         if candidate and (Path(candidate) / "comfy").is_dir() and (Path(candidate) / "nodes.py").is_file():
             return Path(candidate).resolve()
     sys.exit("Cannot find ComfyUI: install this pack in ComfyUI/custom_nodes, set COMFYUI_PATH, or pass --comfyui.")

@@ -1,6 +1,7 @@
-"""The training command's arguments: a bad count or width stops it at once, naming the flag (training takes
-hours), a checkpoint of other widths is refused by name, and --vae-from takes a demo-model file's VAE."""
+"""The training command's arguments: a bad count, width or scene mix stops it at once, naming the flag (training
+takes hours), a checkpoint of other widths is refused by name, and --vae-from takes a demo-model file's VAE."""
 
+import numpy as np
 import pack
 import pytest
 import torch
@@ -26,6 +27,25 @@ def test_widths_that_the_unet_cannot_take_stop_training_before_it_starts(value, 
     message = capsys.readouterr().err
     assert "--unet-widths" in message and "multiples of 32" in message, message
     assert not list(tmp_path.iterdir()), "nothing may be trained or written"
+
+
+@pytest.mark.parametrize("flag, value, says", [
+    ("--counts", "1,2", "weights like 1,2,3"), ("--counts", "0,0,0", "not all zero"),
+    ("--counts", "1,-1,1", "non-negative"), ("--counts", "1,inf,1", "non-negative"), ("--counts", "x", "1,2,3")])
+def test_a_scene_mix_that_cannot_be_drawn_stops_training_before_it_starts(flag, value, says, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        train.main(["--work", str(tmp_path), flag, value])
+    assert stop.value.code == 2
+    message = capsys.readouterr().err
+    assert flag in message and says in message, message
+    assert not list(tmp_path.iterdir()), "nothing may be trained or written"
+
+
+@pytest.mark.parametrize("counts, objects", [((0, 0, 1), {3}), ((1, 0, 0), {1}), ((0, 2, 1), {2, 3})])
+def test_counts_weigh_the_scenes_by_their_number_of_objects(counts, objects):
+    scenes = pack.module("toy.scenes")
+    _, captions = train.scene_batch(np.random.default_rng(0), 60, counts=counts)
+    assert {len(scenes.parse_caption(c).things) for c in captions} == objects
 
 
 def test_a_checkpoint_of_other_widths_is_refused_naming_the_flag(tmp_path):
@@ -66,3 +86,27 @@ def test_vae_from_a_file_with_other_vae_widths_is_refused(tmp_path):
     shipped = pack.module("nodes.toy_nodes").MODEL_FILE
     with pytest.raises(SystemExit, match="widths"):
         train.adopt_vae(shipped, tmp_path, model.ToyConfig(vae_channels=64))
+
+
+class Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("native, flags, expected", [(True, [], True), (False, [], False), (True, ["--fp32"], False)])
+def test_the_unet_trains_in_bf16_only_where_the_cpu_computes_it_natively(native, flags, expected, tmp_path,
+                                                                          monkeypatch, capsys):
+    """Emulated bf16 made a step 8-10x slower than fp32 on an AVX2 CPU: there the default is fp32."""
+    chosen = []
+
+    def record(*args, **kwargs):
+        chosen.append(args[8])
+        raise Stop
+
+    monkeypatch.setattr(train, "native_bf16", lambda: native)
+    monkeypatch.setattr(train, "train_unet", record)
+    monkeypatch.setattr(train, "vae_psnr", lambda *args: 0.0)
+    shipped = pack.module("nodes.toy_nodes").MODEL_FILE
+    with pytest.raises(Stop):
+        train.main(["--work", str(tmp_path), "--vae-from", str(shipped), "--scenes", "1", *flags])
+    assert chosen == [expected]
+    assert ("no native bf16" in capsys.readouterr().out) == (not native and not flags)
