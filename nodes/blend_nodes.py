@@ -80,12 +80,15 @@ class LocalBlendMask:
                                           "tooltip": "Words of the edited prompt whose region may change. One "
                                                      "entry for every edited row, or one per row separated by ';' "
                                                      "(e.g. 'dog; horse')."}),
-                "threshold": ("FLOAT", {"default": 0.3, "min": 0.0, "max": 1.0, "step": 0.01,
+                "threshold": ("FLOAT", {"default": 0.3, "min": 0.0, "max": 0.99, "step": 0.01,
                                         "tooltip": "Mask where a word's normalised attention is above this. Lower "
-                                                   "grows the edited region; 0 edits everywhere."}),
-                "start": ("FLOAT", {"default": 0.2, "min": 0.0, "max": 1.0, "step": 0.01,
+                                                   "grows the edited region; 0 edits everywhere. Below 1: the "
+                                                   "normalised maps peak at 1, so 1 would mask nothing and undo "
+                                                   "the edit."}),
+                "start": ("FLOAT", {"default": 0.2, "min": 0.0, "max": 0.99, "step": 0.01,
                                     "tooltip": "Fraction of the steps after which blending starts (the null-text "
-                                               "notebook's 0.2), so the edit can first take shape."}),
+                                               "notebook's 0.2), so the edit can first take shape. Below 1, so "
+                                               "at least the last step blends."}),
                 "level": level_input(),
             },
             "optional": {

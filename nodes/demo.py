@@ -92,7 +92,7 @@ def run(output: Path, node_classes: dict[str, type]) -> list[Path]:
             if node["class_type"] == "CLIPTextEncode":
                 node["inputs"]["text"] = ""  # the demo model learnt an empty negative prompt
         apply_overrides(prompt, Overrides(steps=STEPS, width=SIZE, height=SIZE, image=str(photo), seed=example.seed,
-                                          sets=list(example.sets)))
+                                          sets=list(example.sets)), node_classes)
         images = execute(prompt, output / example.name)
         grid = output / f"{example.name}.png"
         _grid(example.title, _prompts(prompt), _tiles(prompt, images)).save(grid)

@@ -104,7 +104,7 @@ def start_or_continue(model, clip, source_prompt: str, role: str = "source promp
                 f"The source prompt '{source_prompt}' differs from the prompt the image was inverted with "
                 f"('{inversion.prompt}'); leave the source prompt empty to use it, or make it the same.")
         source_prompt = inversion.prompt
-        if not same_rows(encode_prompt(clip, source_prompt)[0], inversion.positive):
+        if not same_rows(encode_prompt(clip, source_prompt, model)[0], inversion.positive):
             raise PromptToPromptError(
                 f"NullTextInvert inverted the image with a positive conditioning that is not its prompt "
                 f"('{inversion.prompt}') encoded by this CLIP, but the edit's source row is that prompt, so the edit "
@@ -112,7 +112,7 @@ def start_or_continue(model, clip, source_prompt: str, role: str = "source promp
                 "Encode of the same prompt with the same CLIP).")
     transformer_levels(model)  # fail early, with the model family in the message
     source = require_words(tokenize_prompt(clip, source_prompt), role, fix)
-    return EditState(EditPlan(source), (encode_prompt(clip, source_prompt),))
+    return EditState(EditPlan(source), (encode_prompt(clip, source_prompt, model),))
 
 
 def finish(model, state: EditState, width: int, height: int, latent: dict | None) -> tuple:
@@ -173,7 +173,7 @@ class _EditNode:
         row = edit_row(self.KIND, state.plan.source, target, Window(0.0, cross_replace_steps),
                        Window(0.0, self_replace_steps), parse_word_windows(word_windows), word_tokenizer(clip),
                        self_layer_level(self_attention_layers, inverted(model)))
-        state = state.with_row(state.plan.add_row(row), encode_prompt(clip, target_prompt))
+        state = state.with_row(state.plan.add_row(row), encode_prompt(clip, target_prompt, model))
         return finish(model, state, width, height, latent)
 
 

@@ -57,21 +57,37 @@ class _Server:
 
 def load_prompt(path: Path, node_classes: dict[str, type]) -> dict[str, dict]:
     """An API prompt from a UI-format workflow file (or an API-format one, used as it is)."""
-    data = json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text())
+    except OSError as error:
+        raise PromptToPromptError(f"The workflow {path} cannot be read ({error.strerror or error}).") from None
+    except ValueError as error:
+        raise PromptToPromptError(f"{path} is not a workflow: it is not JSON ({error}). Give a workflow saved "
+                                  "from ComfyUI (Save, or Export (API)).") from None
+    if not isinstance(data, dict):
+        raise PromptToPromptError(f"{path} is not a workflow: a JSON {type(data).__name__.replace('dict', 'object')}"
+                                  " where ComfyUI saves an object. Give a workflow saved from ComfyUI.")
     if "nodes" in data:
         return to_api_prompt(data, node_classes)
+    for key, node in data.items():
+        if not (isinstance(node, dict) and isinstance(node.get("class_type"), str)
+                and isinstance(node.get("inputs"), dict)):
+            raise PromptToPromptError(f"{path} is not a workflow: node {key!r} is not an object with a class_type "
+                                      "and inputs, as Export (API) writes them, and the file has no 'nodes' list "
+                                      "as Save writes it.")
     return data
 
 
-def apply_overrides(prompt: dict[str, dict], overrides: Overrides) -> None:
+def apply_overrides(prompt: dict[str, dict], overrides: Overrides, node_classes: dict[str, type]) -> None:
     for node in prompt.values():
         kind, inputs = node["class_type"], node["inputs"]
         if kind == "CheckpointLoaderSimple":
             inputs["ckpt_name"] = _checkpoint(overrides.ckpt, inputs.get("ckpt_name", ""))
-        if kind in STEPPED and overrides.steps:
+        if kind in STEPPED and overrides.steps is not None:
             inputs["steps"] = overrides.steps
         if kind in SIZED:
-            inputs.update({k: v for k, v in (("width", overrides.width), ("height", overrides.height)) if v})
+            inputs.update({k: v for k, v in (("width", overrides.width), ("height", overrides.height))
+                           if v is not None})
         if kind == "LoadImage" and overrides.image:
             image = Path(overrides.image).resolve()
             folder_paths.set_input_directory(str(image.parent))
@@ -80,7 +96,7 @@ def apply_overrides(prompt: dict[str, dict], overrides: Overrides) -> None:
             if key in inputs and overrides.seed is not None and not isinstance(inputs[key], list):
                 inputs[key] = overrides.seed
     for assignment in overrides.sets:
-        _set(prompt, assignment)
+        _set(prompt, assignment, node_classes)
 
 
 def _checkpoint(requested: str | None, named: str) -> str:
@@ -97,8 +113,12 @@ def _checkpoint(requested: str | None, named: str) -> str:
     raise PromptToPromptError(f"The checkpoint '{named}' was not found. " + DOWNLOAD_HINT.format(folder=folder))
 
 
-def _set(prompt: dict[str, dict], assignment: str) -> None:
-    """'NodeType.input=value' (or 'node_id.input=value'): set an input on every matching node."""
+def _set(prompt: dict[str, dict], assignment: str, node_classes: dict[str, type]) -> None:
+    """'NodeType.input=value' (or 'node_id.input=value'): set an input on every matching node.
+
+    Refuses an input the node does not have: ComfyUI ignores unknown inputs, so a misspelt name would run the
+    workflow's own value, silently.
+    """
     target, sep, value = assignment.partition("=")
     node_key, dot, name = target.partition(".")
     if not sep or not dot:
@@ -111,13 +131,19 @@ def _set(prompt: dict[str, dict], assignment: str) -> None:
     if not matched:
         raise PromptToPromptError(f"--set {assignment!r}: no node '{node_key}' in the workflow.")
     for node in matched:
+        node_class = node_classes.get(node["class_type"])
+        if node_class is not None:
+            known = [n for section in node_class.INPUT_TYPES().values() if isinstance(section, dict) for n in section]
+            if name not in known:
+                raise PromptToPromptError(f"--set {assignment!r}: {node['class_type']} has no input '{name}'; its "
+                                          f"inputs are {', '.join(known)}.")
         node["inputs"][name] = parsed
 
 
 def run(workflow: Path, overrides: Overrides, output: Path, node_classes: dict[str, type]) -> list[Path]:
     """Run the workflow; return the image files it wrote. Raises PromptToPromptError with the node's message."""
     prompt = load_prompt(workflow, node_classes)
-    apply_overrides(prompt, overrides)
+    apply_overrides(prompt, overrides, node_classes)
     images = execute(prompt, output)
     return [path for node in images.values() for kind, path in node if kind == "output"]
 

@@ -354,15 +354,15 @@ class NullTextInvert:
 
     def invert(self, model, clip, prompt: str, latent: dict, mode: str, steps: int, cfg: float, scheduler: str,
                positive: list | None = None, inner_steps: int = NullTextSettings.iterations) -> tuple:
-        _check_inputs(model, latent, mode, cfg, inner_steps)
+        _check_inputs(model, latent, mode, cfg)
         # The prompt becomes the edit's source: refuse what the edit would refuse, before minutes of inversion.
         require_words(tokenize_prompt(clip, prompt), "'prompt' input of Invert Image",
                       "describe the photo in it (it is the source prompt of the edit)")
         samples = latent["samples"]
         sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps).cpu()
         if positive is None:
-            positive = _conditioning(encode_prompt(clip, prompt))
-        negative = _conditioning(encode_prompt(clip, ""))
+            positive = _conditioning(encode_prompt(clip, prompt, model))
+        negative = _conditioning(encode_prompt(clip, "", model))
         progress = comfy.utils.ProgressBar(steps * (2 if mode == "null-text" else 1))
         sampler = InversionSampler(mode, cfg, progress, NullTextSettings(iterations=inner_steps))
         worker = _differentiable(model) if mode == "null-text" else model
@@ -392,7 +392,7 @@ def _clone(conditioning: list) -> list:
             for c, d in conditioning]
 
 
-def _check_inputs(model, latent: dict, mode: str, cfg: float, inner_steps: int) -> None:
+def _check_inputs(model, latent: dict, mode: str, cfg: float) -> None:
     if model.get_attachment(EDIT_KEY) is not None:
         raise PromptToPromptError(
             "NullTextInvert must come before the edit nodes: connect the checkpoint's MODEL to NullTextInvert and "
@@ -409,9 +409,6 @@ def _check_inputs(model, latent: dict, mode: str, cfg: float, inner_steps: int) 
             "image (or pick one with LatentFromBatch).")
     if mode == "null-text" and cfg <= 1.0:
         raise PromptToPromptError("Null-text inversion optimises the unconditional branch, so it needs cfg above 1.")
-    if not isinstance(inner_steps, int) or not 1 <= inner_steps <= 1000:
-        raise PromptToPromptError(f"The 'inner_steps' input of Invert Image is {inner_steps!r}; set it to a whole "
-                                  "number from 1 to 1000 (the paper: 10).")
 
 
 NODE_CLASS_MAPPINGS = {"NullTextInvert": NullTextInvert}

@@ -116,10 +116,19 @@ def _locate(text: str, stream: Callable[[], list], tokenizer: sd1_clip.SDTokeniz
     return locate_words(text, stream(), pieces, _word_tokenizer(tokenizer))
 
 
-def encode_prompt(clip, text: str) -> tuple[torch.Tensor, dict]:
-    """One prompt as CLIPTextEncode encodes it: (cond [1, 77k, D], extra dict with pooled_output)."""
+def encode_prompt(clip, text: str, model) -> tuple[torch.Tensor, dict]:
+    """One prompt as CLIPTextEncode encodes it: (cond [1, 77k, D], extra dict with pooled_output).
+
+    Refuses an encoding `model` cannot attend to (another checkpoint's CLIP): sampling would fail deep inside a
+    cross-attention layer with a shape error that names neither input.
+    """
     out = clip.encode_from_tokens(clip.tokenize(text), return_pooled=True, return_dict=True)
     cond = out.pop("cond")
+    width = model.model.model_config.unet_config.get("context_dim")
+    if width is not None and cond.shape[-1] != width:
+        raise PromptToPromptError(
+            f"The CLIP encodes prompts {cond.shape[-1]} values wide, but this model attends to text {width} wide: "
+            "connect the CLIP of the same checkpoint as the MODEL.")
     return cond, out
 
 

@@ -38,7 +38,7 @@ def edit_row(kind: str, source: PromptTokens, target: PromptTokens, cross: Windo
              word_windows: Sequence[tuple[str, Window]], tokenize: TokenizeFn, self_level: int = 4) -> RowEdit:
     """A word-swap ("replace") or refinement ("refine") row; per-word windows name target words."""
     require_words(source, "source prompt")
-    require_words(target, "target prompt")
+    require_words(target, "target prompt", "write the prompt of the edited picture")
     mappings = {"replace": swap_mapping, "refine": refine_mapping}
     mapping = mappings[kind](source, target)
     windows = tuple(WordWindow(target.find(word, tokenize), window) for word, window in word_windows)

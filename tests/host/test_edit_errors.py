@@ -35,10 +35,26 @@ def test_swap_with_different_word_counts_points_to_refine(p2p, sd1, error):
         replace(p2p, *sd1, target="a big dog riding a bicycle")
 
 
-@pytest.mark.parametrize("field", ["source", "target"])
-def test_empty_prompt(p2p, sd1, error, field):
-    with pytest.raises(error, match=f"{field} prompt is empty"):
+@pytest.mark.parametrize("field, fix", [("source", "the prompt the edit should start from"),
+                                        ("target", "the prompt of the edited picture")])
+def test_empty_prompt(p2p, sd1, error, field, fix):
+    with pytest.raises(error, match=f"{field} prompt is empty; write {fix}"):
         replace(p2p, *sd1, **{field: "   "})
+
+
+WRONG_CLIP = "The CLIP encodes prompts 64 values wide, but this model attends to text 32 wide: connect the CLIP"
+
+
+def test_a_clip_of_another_checkpoint_is_refused_naming_the_clip(p2p, sd1, error):
+    """It used to pass the node and fail deep inside sampling: mat1 and mat2 shapes cannot be multiplied."""
+    with pytest.raises(error, match=WRONG_CLIP):
+        replace(p2p, sd1[0], tiny.make_clip("sdxl"))
+
+
+def test_a_chained_edit_with_a_clip_of_another_checkpoint_is_refused(p2p, sd1, error):
+    model, _, _ = replace(p2p, *sd1)
+    with pytest.raises(error, match=WRONG_CLIP):
+        replace(p2p, model, tiny.make_clip("sdxl"), target="a horse riding a bicycle")
 
 
 def test_latent_input_with_several_images(p2p, sd1, error):

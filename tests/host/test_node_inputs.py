@@ -1,5 +1,6 @@
-"""Every FLOAT input of every node of the pack refuses what ComfyUI lets through: NaN, infinities, and values
-outside the input's range that arrive over a link (ComfyUI checks min/max only on widgets, and NaN passes)."""
+"""Every FLOAT and INT input of every node of the pack refuses what ComfyUI lets through: NaN, infinities,
+fractions for whole numbers, and values outside the input's range that arrive over a link (ComfyUI checks
+min/max only on widgets, and NaN passes)."""
 
 from __future__ import annotations
 
@@ -18,16 +19,25 @@ PACK = pack.load()
 #: Every node of the pack that takes inputs (the demo model's loader takes none).
 NODES = {key: node for key, node in PACK.NODE_CLASS_MAPPINGS.items() if node.INPUT_TYPES() != {"required": {}}}
 TITLES = PACK.NODE_DISPLAY_NAME_MAPPINGS
-float_inputs = pack.module("nodes.inputs").float_inputs
+typed_inputs = pack.module("nodes.inputs").typed_inputs
+
+
+def float_inputs(node_class: type) -> dict[str, dict]:
+    return typed_inputs(node_class, "FLOAT")
+
+
+def int_inputs(node_class: type) -> dict[str, dict]:
+    return typed_inputs(node_class, "INT")
 
 
 def call_with(node_class: type, **values):
-    """The node's function with `values`, its other floats at their defaults and every other parameter None: the
+    """The node's function with `values`, its other numbers at their defaults and every other parameter None: the
     check runs before the body reads any."""
     function = getattr(node_class(), node_class.FUNCTION)
     required = [p.name for p in inspect.signature(function).parameters.values() if p.default is inspect.Parameter.empty]
-    floats = {name: options["default"] for name, options in float_inputs(node_class).items()}
-    return function(**{**dict.fromkeys(required), **floats, **values})
+    inputs = {**float_inputs(node_class), **int_inputs(node_class)}
+    numbers = {name: options["default"] for name, options in inputs.items()}
+    return function(**{**dict.fromkeys(required), **numbers, **values})
 
 
 def test_every_node_of_the_pack_has_float_inputs_to_check():
@@ -45,6 +55,18 @@ def test_a_non_finite_float_input_is_refused_naming_the_input_and_the_range(erro
                 f"to {options['max']:g}")
     with pytest.raises(error, match=re.escape(expected)):
         call_with(NODES[key], **{name: value})
+
+
+@pytest.mark.parametrize("key,name", [(key, name) for key in sorted(NODES) for name in int_inputs(NODES[key])])
+def test_a_whole_number_input_outside_its_range_or_not_whole_is_refused_naming_the_input(error, key, name):
+    """A linked width of 0 gave an empty latent that failed inside a convolution; 0 inner steps inverted as
+    plain DDIM does, silently."""
+    options = int_inputs(NODES[key])[name]
+    for value in (options["min"] - 1, options["max"] + 1, options["default"] + 0.5, True):
+        expected = (f"The '{name}' input of {TITLES[key]} is {value!r}; set it to a whole number from "
+                    f"{options['min']:g} to {options['max']:g}")
+        with pytest.raises(error, match=re.escape(expected)):
+            call_with(NODES[key], **{name: value})
 
 
 def test_a_linked_value_outside_the_range_is_refused(error):

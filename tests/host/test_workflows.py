@@ -93,6 +93,91 @@ def test_bad_input_reaches_the_user_as_a_clear_message():
                                                ("ShowAttention.row=1", 1), ("ShowAttention.words=-", "-")])
 def test_command_line_set_keeps_text_that_is_not_json(assignment, value):
     pack.load()
+    import nodes
+
     prompt = {"7": {"class_type": "ShowAttention", "inputs": {}}}
-    pack.module("nodes.headless")._set(prompt, assignment)
+    pack.module("nodes.headless")._set(prompt, assignment, nodes.NODE_CLASS_MAPPINGS)
     assert prompt["7"]["inputs"][assignment.partition(".")[2].partition("=")[0]] == value
+
+
+def word_swap_workflow() -> dict:
+    return json.loads((pack.REPO_ROOT / "example_workflows" / "replace_word_swap.json").read_text())
+
+
+def converted(workflow: dict) -> dict:
+    pack.load()
+    import nodes
+
+    return pack.module("nodes.workflow").to_api_prompt(workflow, nodes.NODE_CLASS_MAPPINGS)
+
+
+def insert_between(workflow: dict, link_id: int, node: dict) -> None:
+    """Put `node` (its first input and output of the link's type) on link `link_id`, as a user wiring it in."""
+    link = next(k for k in workflow["links"] if k[0] == link_id)
+    new_id = max(k[0] for k in workflow["links"]) + 1
+    workflow["links"].append([new_id, link[1], link[2], node["id"], 0, link[5]])
+    node["inputs"][0]["link"] = new_id
+    link[1], link[2] = node["id"], 0
+    workflow["nodes"].append(node)
+
+
+def test_reroutes_and_bypassed_nodes_are_passed_through_as_the_front_end_does():
+    """A bypassed node used to stay the source of the links after it, and validation failed with a KeyError."""
+    workflow = word_swap_workflow()
+    insert_between(workflow, 1, {"id": 20, "type": "Reroute", "mode": 0, "inputs": [{"name": "", "type": "*"}],
+                                 "outputs": [{"name": "", "type": "MODEL"}]})
+    insert_between(workflow, 4, {"id": 21, "type": "LocalBlendMask", "mode": 4, "widgets_values": ["cat", "dog"],
+                                 "inputs": [{"name": "model", "type": "MODEL"}, {"name": "clip", "type": "CLIP"}],
+                                 "outputs": [{"name": "model", "type": "MODEL"}]})
+    assert converted(workflow) == converted(word_swap_workflow())
+
+
+def test_a_primitive_node_gives_the_widget_value_it_feeds():
+    workflow = word_swap_workflow()
+    sampler = next(n for n in workflow["nodes"] if n["type"] == "KSampler")
+    sampler["inputs"].append({"name": "seed", "type": "INT", "widget": {"name": "seed"}, "link": 30})
+    workflow["nodes"].append({"id": 30, "type": "PrimitiveNode", "mode": 0, "widgets_values": [sampler[
+        "widgets_values"][0], "fixed"], "outputs": [{"name": "INT", "type": "INT", "links": [30]}]})
+    workflow["links"].append([30, 30, 0, sampler["id"], 4, "INT"])
+    assert converted(workflow) == converted(word_swap_workflow())
+
+
+def test_a_muted_node_whose_output_is_used_is_named():
+    workflow = word_swap_workflow()
+    next(n for n in workflow["nodes"] if n["type"] == "ReplaceEdit")["mode"] = 2
+    with pytest.raises(pack.error_type(), match=r"node 2 \(ReplaceEdit\) is muted, but another node takes its output"):
+        converted(workflow)
+
+
+@pytest.mark.parametrize("content, says", [("{not json", "is not a workflow: it is not JSON"),
+                                           ("[1, 2]", "is not a workflow: a JSON list"),
+                                           ('{"1": 5}', "is not a workflow: node '1' is not"),
+                                           (None, "cannot be read")], ids=["junk", "list", "node", "missing"])
+def test_a_workflow_file_that_is_no_workflow_is_named(content, says, tmp_path):
+    path = tmp_path / "flow.json"
+    if content is not None:
+        path.write_text(content)
+    pack.load()
+    with pytest.raises(pack.error_type(), match=f"{path.name}.*{says}"):
+        pack.module("nodes.headless").load_prompt(path, {})
+
+
+def test_command_line_set_of_an_input_the_node_does_not_have_lists_those_it_has():
+    """A misspelt input used to be set beside the real one, which ComfyUI ignored: the run used the old value."""
+    pack.load()
+    import nodes
+
+    prompt = {"7": {"class_type": "ShowAttention", "inputs": {}}}
+    with pytest.raises(pack.error_type(), match="ShowAttention has no input 'wrods'.*words"):
+        pack.module("nodes.headless")._set(prompt, "ShowAttention.wrods=cat", nodes.NODE_CLASS_MAPPINGS)
+
+
+@pytest.mark.parametrize("option", ["steps", "width", "height"])
+def test_command_line_zero_steps_or_size_is_not_ignored(option):
+    """0 used to count as 'not given', so the workflow's own value ran."""
+    pack.load()
+    headless = pack.module("nodes.headless")
+    prompt = {"1": {"class_type": "KSampler", "inputs": {"steps": 20}},
+              "2": {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 512}}}
+    headless.apply_overrides(prompt, headless.Overrides(**{option: 0}), {})
+    assert 0 in (prompt["1"]["inputs"]["steps"], prompt["2"]["inputs"]["width"], prompt["2"]["inputs"]["height"])
