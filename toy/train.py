@@ -33,6 +33,8 @@ EMA = 0.999
 LEARNING_RATE = 8e-4
 #: The second cycle's peak learning rate: it starts from a trained model, so a smaller peak keeps what it knows.
 SECOND_LEARNING_RATE = 4e-4
+#: A fine-tune's peak (--finetune): it starts from a finished model, so half the second cycle's again.
+FINETUNE_LEARNING_RATE = 2e-4
 #: Offset noise: a per-sample, per-channel constant of this std added to the training noise. SD's schedule keeps
 #: some signal at t=999, so a model trained without it cannot move a picture's mean away from its starting
 #: noise's, and a toy world of flat white and black backgrounds came out mid-gray (README, "The toy world").
@@ -220,6 +222,17 @@ def adopt_vae(source: Path, work: Path, config: model.ToyConfig) -> None:
         torch.save(parts["vae"], work / name)
 
 
+def file_networks(path: Path, config: model.ToyConfig, clip) -> dict[str, Any]:
+    """A demo-model file's UNet and text encoder as a checkpoint ``train_unet`` starts from (each its own EMA)."""
+    _, parts = model.read(path)
+    unet = model.build_unet(config).diffusion_model
+    unet.load_state_dict(parts["unet"])
+    text = model.text_encoder(clip)
+    text.transformer.load_state_dict(parts["clip"])
+    return {"unet": unet.state_dict(), "text": text.state_dict(),
+            "ema_unet": unet.state_dict(), "ema_text": text.state_dict()}
+
+
 def resume(path: Path, state: dict[str, Any], parts: tuple[tuple[Any, str], ...]) -> None:
     """Load each part's state from a checkpoint, or stop naming the likely cause: a checkpoint of other widths."""
     for part, key in parts:
@@ -394,13 +407,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=at_least(1), default=32)
     default = model.ToyConfig()
     parser.add_argument("--unet-widths", type=widths,
-                        default=tuple(default.unet_channels * m for m in default.unet_mult),
-                        help="the UNet's channels at the 16x16, 8x8 and 4x4 latent levels (default %(default)s)")
+                        help="the UNet's channels at the 16x16, 8x8 and 4x4 latent levels (default "
+                             f"{','.join(str(default.unet_channels * m) for m in default.unet_mult)})")
     parser.add_argument("--counts", type=weights,
                         help="how often scenes of 1, 2 and 3 objects are trained on, e.g. 1,2,3 (default: evenly)")
     parser.add_argument("--vae-from", type=Path,
                         help="a demo-model file whose VAE this run uses instead of training one (skips the VAE and "
                              "decoder phases; for a --work that has no VAE yet)")
+    parser.add_argument("--finetune", type=Path,
+                        help="a demo-model file to train on from where it stopped: its VAE, then one cycle of "
+                             f"--unet-steps at a peak learning rate of {FINETUNE_LEARNING_RATE:g} on --scenes new "
+                             "scenes (with --counts, say), with no second cycle")
     parser.add_argument("--phase", choices=("all", "decoder"), default="all",
                         help="'decoder': only fine-tune the decoder (it needs only the VAE, so it can run beside "
                              "the UNet's training)")
@@ -409,11 +426,19 @@ def main(argv: list[str] | None = None) -> None:
                              "1.3x faster with AVX512-BF16; fp32 where it does not)")
     parser.add_argument("--evaluate", type=at_least(1), default=100, help="captions sampled to measure accuracy")
     args = parser.parse_args(argv)
+    config = model.ToyConfig(**({} if args.unet_widths is None else {
+        "unet_channels": args.unet_widths[0], "unet_mult": tuple(w // args.unet_widths[0] for w in args.unet_widths)}))
+    if args.finetune is not None:
+        if args.vae_from is not None or args.unet_widths is not None:
+            parser.error("--finetune takes the file's VAE and widths: leave out --vae-from and --unet-widths")
+        try:
+            config = model.read(args.finetune)[0]
+        except (OSError, ValueError) as error:
+            parser.error(f"--finetune: {error}")
+        args.vae_from = args.finetune
     use_comfyui(args.comfyui)
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
-    config = model.ToyConfig(unet_channels=args.unet_widths[0],
-                             unet_mult=tuple(w // args.unet_widths[0] for w in args.unet_widths))
     began = time.time()
 
     vae_file = args.work / "vae.pt"
@@ -448,7 +473,10 @@ def main(argv: list[str] | None = None) -> None:
             torch.save(encode_scenes(autoencoder, clip, count, seed, args.counts), path)
         return torch.load(path)
 
-    data = scenes_file("scenes.pt", args.scenes, args.seed + 3)
+    if args.finetune is None:
+        data = scenes_file("scenes.pt", args.scenes, args.seed + 3)
+    else:
+        data = scenes_file("finetune_scenes.pt", args.scenes, args.seed + 11)
     used = sorted({int(t) for t in data["tokens"].unique()} | set(token_ids(clip, "")))
 
     autoencoder.load_state_dict(torch.load(decoder_file))
@@ -459,13 +487,20 @@ def main(argv: list[str] | None = None) -> None:
     bf16 = not args.fp32 and native_bf16()
     print(f"[unet] {'bf16 autocast' if bf16 else 'fp32'}" + ("" if bf16 or args.fp32 else
           ": this CPU has no native bf16, and emulated it is 8-10x slower than fp32"), flush=True)
-    first = args.work / "unet.pt"
-    snapshot(*train_unet(config, data, clip, args.unet_steps, args.batch, args.seed + 4, first, snapshot, bf16))
-    if args.second_steps:
-        more = scenes_file("scenes2.pt", args.scenes, args.seed + 7)
-        data = {key: torch.cat([data[key], more[key]]) for key in data}
-        snapshot(*train_unet(config, data, clip, args.second_steps, args.batch, args.seed + 8,
-                             args.work / "unet2.pt", snapshot, bf16, SECOND_LEARNING_RATE, first))
+    if args.finetune is not None:
+        start = args.work / "start.pt"
+        if not start.exists():
+            torch.save(file_networks(args.finetune, config, clip), start)
+        snapshot(*train_unet(config, data, clip, args.unet_steps, args.batch, args.seed + 12,
+                             args.work / "finetune.pt", snapshot, bf16, FINETUNE_LEARNING_RATE, start))
+    else:
+        first = args.work / "unet.pt"
+        snapshot(*train_unet(config, data, clip, args.unet_steps, args.batch, args.seed + 4, first, snapshot, bf16))
+        if args.second_steps:
+            more = scenes_file("scenes2.pt", args.scenes, args.seed + 7)
+            data = {key: torch.cat([data[key], more[key]]) for key in data}
+            snapshot(*train_unet(config, data, clip, args.second_steps, args.batch, args.seed + 8,
+                                 args.work / "unet2.pt", snapshot, bf16, SECOND_LEARNING_RATE, first))
     size = args.output.stat().st_size / 2 ** 20
     print(f"wrote {args.output} ({size:.1f} MiB) after {(time.time() - began) / 60:.1f} min", flush=True)
     scores = caption_accuracy(args.output, args.evaluate, args.seed + 5)

@@ -110,3 +110,43 @@ def test_the_unet_trains_in_bf16_only_where_the_cpu_computes_it_natively(native,
         train.main(["--work", str(tmp_path), "--vae-from", str(shipped), "--scenes", "1", *flags])
     assert chosen == [expected]
     assert ("no native bf16" in capsys.readouterr().out) == (not native and not flags)
+
+
+@pytest.mark.parametrize("extra, says", [(["--vae-from", "x.safetensors"], "leave out --vae-from"),
+                                         (["--unet-widths", "64,64,128"], "leave out --vae-from and --unet-widths")])
+def test_finetune_takes_the_files_vae_and_widths_and_refuses_others(extra, says, tmp_path, capsys):
+    shipped = pack.module("nodes.toy_nodes").MODEL_FILE
+    with pytest.raises(SystemExit) as stop:
+        train.main(["--work", str(tmp_path), "--finetune", str(shipped), *extra])
+    assert stop.value.code == 2 and says in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_finetune_of_a_file_that_is_no_demo_model_stops_naming_it(tmp_path, capsys):
+    path = tmp_path / "other.safetensors"
+    path.write_bytes(b"junk")
+    with pytest.raises(SystemExit) as stop:
+        train.main(["--work", str(tmp_path / "work"), "--finetune", str(path)])
+    assert stop.value.code == 2 and f"--finetune: {path}" in capsys.readouterr().err
+
+
+def test_finetune_starts_from_the_files_networks_at_its_learning_rate(tmp_path, monkeypatch):
+    model = pack.module("toy.model")
+    shipped = pack.module("nodes.toy_nodes").MODEL_FILE
+    started = []
+
+    def record(config, data, clip, steps, batch, seed, checkpoint, snapshot, bf16, learning_rate, start_from):
+        started.append((checkpoint.name, steps, learning_rate, torch.load(start_from, weights_only=False)))
+        raise Stop
+
+    monkeypatch.setattr(train, "train_unet", record)
+    monkeypatch.setattr(train, "vae_psnr", lambda *args: 0.0)
+    with pytest.raises(Stop):
+        train.main(["--work", str(tmp_path), "--finetune", str(shipped), "--scenes", "1", "--unet-steps", "7"])
+    (name, steps, learning_rate, state), = started
+    assert (name, steps, learning_rate) == ("finetune.pt", 7, train.FINETUNE_LEARNING_RATE)
+    _, parts = model.read(shipped)
+    for key in ("unet", "ema_unet"):
+        assert all(torch.equal(state[key][k], v) for k, v in parts["unet"].items()), key
+    text = {k.removeprefix("transformer."): v for k, v in state["text"].items() if k.startswith("transformer.")}
+    assert all(torch.equal(text[k], v) for k, v in parts["clip"].items())
