@@ -52,19 +52,20 @@ def _first_step(fraction: float, steps: int) -> int:
     return math.floor(fraction * steps + _EPS)
 
 
+_NUMBER = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
+_WINDOW = re.compile(rf"\s*({_NUMBER})\s*(?:-\s*({_NUMBER})\s*)?")
+
+
 def parse_window(text: str) -> Window:
-    """'0.4' -> Window(0, 0.4); '0.2-0.6' -> Window(0.2, 0.6)."""
-    parts = [p.strip() for p in text.strip().split("-")]
-    try:
-        values = [float(p) for p in parts]
-    except ValueError:
-        values = []
-    if len(values) == 1:
-        return Window(0.0, values[0])
-    if len(values) == 2:
-        return Window(values[0], values[1])
-    raise PromptToPromptError(
-        f"Cannot read the step window '{text}': write an end fraction like 0.4 or a range like 0.2-0.6.")
+    """'0.4' -> Window(0, 0.4); '0.2-0.6' -> Window(0.2, 0.6); exponents such as '1e-3' read as numbers."""
+    match = _WINDOW.fullmatch(text)
+    if match is None:
+        raise PromptToPromptError(
+            f"Cannot read the step window '{text}': write an end fraction like 0.4 or a range like 0.2-0.6.")
+    start, end = match.groups()
+    if end is None:
+        return Window(0.0, float(start))
+    return Window(float(start), float(end))
 
 
 def parse_word_windows(text: str) -> tuple[tuple[str, Window], ...]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import codecs
 import math
+import re
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -26,6 +27,9 @@ MAX_CHUNKS = 16
 """The longest prompt an edit takes, in ComfyUI's chunks of 75 tokens. Token mappings are dense
 [source columns, target columns], as is the refinement's alignment table, so a pasted megabyte of text
 would ask for hundreds of gigabytes; 16 chunks (1200 tokens) is far more than CLIP makes use of."""
+
+# Python's str.split() also splits at the separators U+001C-U+001F; CLIP's tokenizer keeps them as tokens.
+_WORD_GAP = re.compile(r"[^\S\x1c-\x1f]+")
 
 TokenizeFn = Callable[[str], Sequence[tuple[int, str]]]
 """Tokenize text as ComfyUI does, without start/end tokens: a list of (token id, BPE piece text)."""
@@ -157,7 +161,7 @@ def locate_words(text: str, stream: Sequence[Sequence[StreamToken]], pieces: Seq
             words.append(Word(piece.strip(), tuple(Token(p, -1, WORD_END) for p, _ in group)))
             continue
         cursor = 0
-        for word in piece.split():
+        for word in (w for w in _WORD_GAP.split(piece) if w):
             tokens = tokenize(word)
             span = group[cursor:cursor + len(tokens)]
             if [token for _, token in span] != [tid for tid, _ in tokens]:

@@ -35,6 +35,15 @@ def test_parse_window_forms():
         parse_window("soon")
 
 
+def test_parse_window_reads_exponents_and_still_refuses_leftovers():
+    assert parse_window("1e-3") == Window(0, 0.001)
+    assert parse_window("2.5e-1 - 5E-1") == Window(0.25, 0.5)
+    assert parse_word_windows("dog: 1e-3") == (("dog", Window(0, 0.001)),)
+    for text in ("0.2-0.4-0.6", "0.2-", "-", "0.4 0.6", "nan"):
+        with pytest.raises(PromptToPromptError, match="Cannot read the step window"):
+            parse_window(text)
+
+
 def test_parse_word_windows():
     assert parse_word_windows("dog: 0.4, tail: 0.2-0.6") == (("dog", Window(0, 0.4)), ("tail", Window(0.2, 0.6)))
     assert parse_word_windows("red car: 0.5\n") == (("red car", Window(0, 0.5)),)

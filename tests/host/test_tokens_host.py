@@ -15,6 +15,7 @@ PROMPTS = [
     "a cat and a cat, sleeping on a mat.",
     "a (red:1.3) car next to a ((blue)) bus",
     "a castle, " + ", ".join(["intricate detailed stonework"] * 20) + ", at sunset",
+    "a red\x1ccircle \x1f and\x00 a\x7fsquare\u2028on white",
 ]
 
 
@@ -28,7 +29,7 @@ def stream_of(clip, prompt, key):
 
 
 @pytest.mark.parametrize("family,key", [("sd1", "l"), ("sd2", "h"), ("sdxl", "l"), ("sdxl", "g")])
-@pytest.mark.parametrize("prompt", PROMPTS, ids=["multi-token", "repeats", "weights", "long"])
+@pytest.mark.parametrize("prompt", PROMPTS, ids=["multi-token", "repeats", "weights", "long", "control-characters"])
 def test_words_cover_exactly_the_prompt_tokens(text, family, key, prompt):
     clip = executor.tiny_bundle(family)[1]
     tokens = text.tokenize_prompt(clip, prompt)
