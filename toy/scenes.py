@@ -66,9 +66,19 @@ class Scene:
 
     @property
     def caption(self) -> str:
+        return f"{self._listed} on a {self.background} background"
+
+    @property
+    def background_first_caption(self) -> str:
+        """The caption with the background named first ("on a white background, a big red circle"). A causal text
+        encoder sums the whole caption up in its last words; named first, the background word stands for the
+        background alone, and a model trained on these captions puts its map around the objects."""
+        return f"on a {self.background} background, {self._listed}"
+
+    @property
+    def _listed(self) -> str:
         phrases = [f"a {t.words}" for t in sorted(self.things, key=lambda t: t.x)]
-        listed = phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
-        return f"{listed} on a {self.background} background"
+        return phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
 
     def with_thing(self, index: int, **changes: str) -> Scene:
         """The same scene with one object (in caption order) changed, e.g. ``colour="blue"``."""
@@ -141,7 +151,8 @@ def draw(scene: Scene) -> tuple[np.ndarray, list[np.ndarray]]:
 
 
 _PHRASE = re.compile(r"an? (?P<size>\w+) (?P<colour>\w+) (?P<shape>\w+)")
-_CAPTION = re.compile(r"(?P<things>.+) on an? (?P<background>\w+) background")
+_CAPTIONS = (re.compile(r"(?P<things>.+) on an? (?P<background>\w+) background"),
+             re.compile(r"on an? (?P<background>\w+) background, (?P<things>.+)"))
 
 
 def parse_caption(caption: str) -> Scene:
@@ -149,9 +160,10 @@ def parse_caption(caption: str) -> Scene:
 
     Raises ValueError for a caption outside the toy grammar, naming the words it does not know.
     """
-    whole = _CAPTION.fullmatch(caption.strip())
+    whole = next((m for m in (c.fullmatch(caption.strip()) for c in _CAPTIONS) if m is not None), None)
     if whole is None:
-        raise ValueError(f"not a toy-world caption (expected '... on a <colour> background'): {caption!r}")
+        raise ValueError("not a toy-world caption (expected '... on a <colour> background' or 'on a <colour> "
+                         f"background, ...'): {caption!r}")
     parts = re.split(r",\s*|\s+and\s+", whole["things"])
     things = []
     for part in parts:

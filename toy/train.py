@@ -80,13 +80,16 @@ def progress(phase: str, step: int, total: int, start: float, loss: float) -> No
 
 
 def scene_batch(rng: np.random.Generator, size: int, backgrounds: tuple[str, ...] = tuple(scenes.BACKGROUNDS),
-                counts: tuple[float, ...] | None = None) -> tuple[torch.Tensor, list[str]]:
-    """Pictures in [-1, 1], NCHW, and their captions; ``counts`` weighs scenes of 1, 2, 3 objects (None: even)."""
+                counts: tuple[float, ...] | None = None, background_first: bool = False
+                ) -> tuple[torch.Tensor, list[str]]:
+    """Pictures in [-1, 1], NCHW, and their captions; ``counts`` weighs scenes of 1, 2, 3 objects (None: even);
+    ``background_first`` names the background first in every second caption (the same scenes either way)."""
     share = None if counts is None else np.asarray(counts) / sum(counts)
     drawn = [scenes.random_scene(rng, None if share is None else int(rng.choice(len(share), p=share)) + 1,
                                  backgrounds) for _ in range(size)]
     pixels = np.stack([scenes.draw(s)[0] for s in drawn]).astype(np.float32) / 127.5 - 1
-    return torch.from_numpy(pixels).permute(0, 3, 1, 2), [s.caption for s in drawn]
+    captions = [s.background_first_caption if background_first and i % 2 else s.caption for i, s in enumerate(drawn)]
+    return torch.from_numpy(pixels).permute(0, 3, 1, 2), captions
 
 
 def crops(rng: np.random.Generator, size: int) -> torch.Tensor:
@@ -178,11 +181,13 @@ def vae_psnr(autoencoder: torch.nn.Module, seed: int, count: int = 200) -> float
 
 @torch.no_grad()
 def encode_scenes(autoencoder: torch.nn.Module, clip, count: int, seed: int,
-                  counts: tuple[float, ...] | None = None) -> dict[str, torch.Tensor]:
-    """``count`` seeded scenes on the model's backgrounds as latent means and stds (fp16) and their CLIP tokens."""
+                  counts: tuple[float, ...] | None = None, background_first: bool = False) -> dict[str, torch.Tensor]:
+    """``count`` seeded scenes on the model's backgrounds as latent means and stds (fp16) and their CLIP tokens
+    (``counts`` and ``background_first`` as in `scene_batch`; batches of an even size keep every second)."""
     rng, means, stds, tokens, start = np.random.default_rng(seed), [], [], [], time.time()
     for done in range(0, count, 250):
-        pixels, captions = scene_batch(rng, min(250, count - done), scenes.MODEL_BACKGROUNDS, counts)
+        pixels, captions = scene_batch(rng, min(250, count - done), scenes.MODEL_BACKGROUNDS, counts,
+                                       background_first)
         mean, logvar = moments(autoencoder, pixels)
         means.append(mean.half())
         stds.append((0.5 * logvar).exp().half())
@@ -394,7 +399,10 @@ def weights(text: str) -> tuple[float, ...]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, required=True, help="folder for resumable intermediate results")
-    parser.add_argument("--output", type=Path, default=Path(__file__).with_name("prompt_to_prompt_toy.safetensors"))
+    shipped = Path(__file__).with_name("prompt_to_prompt_toy.safetensors")
+    parser.add_argument("--output", type=Path,
+                        help=f"the model file to write (default: {shipped}; with --finetune, one in --work, so "
+                             "that fine-tuning the shipped file does not overwrite it)")
     parser.add_argument("--comfyui", help="ComfyUI folder (default: COMFYUI_PATH)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
@@ -411,6 +419,10 @@ def main(argv: list[str] | None = None) -> None:
                              f"{','.join(str(default.unet_channels * m) for m in default.unet_mult)})")
     parser.add_argument("--counts", type=weights,
                         help="how often scenes of 1, 2 and 3 objects are trained on, e.g. 1,2,3 (default: evenly)")
+    parser.add_argument("--background-first", action="store_true",
+                        help="name the background first in every second training caption ('on a white background, "
+                             "a big red circle'), so that the background word's attention map lies around the "
+                             "objects")
     parser.add_argument("--vae-from", type=Path,
                         help="a demo-model file whose VAE this run uses instead of training one (skips the VAE and "
                              "decoder phases; for a --work that has no VAE yet)")
@@ -436,6 +448,8 @@ def main(argv: list[str] | None = None) -> None:
         except (OSError, ValueError) as error:
             parser.error(f"--finetune: {error}")
         args.vae_from = args.finetune
+    if args.output is None:
+        args.output = shipped if args.finetune is None else args.work / shipped.name
     use_comfyui(args.comfyui)
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -470,7 +484,7 @@ def main(argv: list[str] | None = None) -> None:
     def scenes_file(name: str, count: int, seed: int) -> dict[str, torch.Tensor]:
         path = args.work / name
         if not path.exists():
-            torch.save(encode_scenes(autoencoder, clip, count, seed, args.counts), path)
+            torch.save(encode_scenes(autoencoder, clip, count, seed, args.counts, args.background_first), path)
         return torch.load(path)
 
     if args.finetune is None:

@@ -24,16 +24,19 @@ def test_captions_name_the_objects_left_to_right_and_parse_back(toy):
     rng = np.random.default_rng(0)
     for _ in range(50):
         scene = scenes.random_scene(rng)
-        parsed = scenes.parse_caption(scene.caption)
         ordered = sorted(scene.things, key=lambda t: t.x)
-        assert [t.words for t in parsed.things] == [t.words for t in ordered]
-        assert parsed.background == scene.background
+        for caption in (scene.caption, scene.background_first_caption):
+            parsed = scenes.parse_caption(caption)
+            assert [t.words for t in parsed.things] == [t.words for t in ordered], caption
+            assert parsed.background == scene.background, caption
 
 
 def test_caption_outside_the_grammar_is_refused_naming_the_word(toy):
     scenes, _ = toy
     with pytest.raises(ValueError, match="purple"):
         scenes.parse_caption("a big purple circle on a white background")
+    with pytest.raises(ValueError, match="purple"):
+        scenes.parse_caption("on a white background, a big purple circle")
 
 
 def test_measurement_reads_every_drawn_scene_correctly(toy):

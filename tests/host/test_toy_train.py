@@ -48,6 +48,16 @@ def test_counts_weigh_the_scenes_by_their_number_of_objects(counts, objects):
     assert {len(scenes.parse_caption(c).things) for c in captions} == objects
 
 
+def test_background_first_names_the_background_first_in_every_second_caption_of_the_same_scenes():
+    scenes = pack.module("toy.scenes")
+    pixels, captions = train.scene_batch(np.random.default_rng(0), 8, counts=(1, 2, 3))
+    mixed_pixels, mixed = train.scene_batch(np.random.default_rng(0), 8, counts=(1, 2, 3), background_first=True)
+    assert torch.equal(mixed_pixels, pixels)
+    assert mixed[0::2] == captions[0::2]
+    assert all(c.startswith("on a ") and not c.endswith(" background") for c in mixed[1::2]), mixed
+    assert [scenes.parse_caption(c) for c in mixed] == [scenes.parse_caption(c) for c in captions]
+
+
 def test_a_checkpoint_of_other_widths_is_refused_naming_the_flag(tmp_path):
     model = pack.module("toy.model")
     narrow = model.build_unet(model.ToyConfig()).diffusion_model
@@ -130,21 +140,24 @@ def test_finetune_of_a_file_that_is_no_demo_model_stops_naming_it(tmp_path, caps
     assert stop.value.code == 2 and f"--finetune: {path}" in capsys.readouterr().err
 
 
-def test_finetune_starts_from_the_files_networks_at_its_learning_rate(tmp_path, monkeypatch):
+def test_finetune_starts_from_the_files_networks_at_its_learning_rate_and_writes_into_work(tmp_path, monkeypatch):
     model = pack.module("toy.model")
     shipped = pack.module("nodes.toy_nodes").MODEL_FILE
-    started = []
+    started, saved = [], []
 
     def record(config, data, clip, steps, batch, seed, checkpoint, snapshot, bf16, learning_rate, start_from):
         started.append((checkpoint.name, steps, learning_rate, torch.load(start_from, weights_only=False)))
+        snapshot(None, None)
         raise Stop
 
     monkeypatch.setattr(train, "train_unet", record)
+    monkeypatch.setattr(train.model, "save", lambda path, *args: saved.append(path))
     monkeypatch.setattr(train, "vae_psnr", lambda *args: 0.0)
     with pytest.raises(Stop):
         train.main(["--work", str(tmp_path), "--finetune", str(shipped), "--scenes", "1", "--unet-steps", "7"])
     (name, steps, learning_rate, state), = started
     assert (name, steps, learning_rate) == ("finetune.pt", 7, train.FINETUNE_LEARNING_RATE)
+    assert saved == [tmp_path / shipped.name], "a fine-tune writes into --work, never over the file it starts from"
     _, parts = model.read(shipped)
     for key in ("unet", "ema_unet"):
         assert all(torch.equal(state[key][k], v) for k, v in parts["unet"].items()), key
