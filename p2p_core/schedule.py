@@ -78,5 +78,5 @@ def parse_word_windows(text: str) -> tuple[tuple[str, Window], ...]:
             raise PromptToPromptError(
                 f"Cannot read the word window '{entry}': write 'word: 0.4' or 'word: 0.2-0.6', "
                 "separated by commas or new lines.")
-        parsed.append((word.strip(), parse_window(window)))
+        parsed.append((word.strip(), parse_window(window.strip())))
     return tuple(parsed)
