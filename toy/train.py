@@ -450,6 +450,9 @@ def main(argv: list[str] | None = None) -> None:
         args.vae_from = args.finetune
     if args.output is None:
         args.output = shipped if args.finetune is None else args.work / shipped.name
+    elif args.finetune is not None and args.output.resolve() == args.finetune.resolve():
+        parser.error("--output is the file --finetune starts from: give another --output, or leave it out to "
+                     "write into --work")
     use_comfyui(args.comfyui)
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -483,7 +486,10 @@ def main(argv: list[str] | None = None) -> None:
 
     def scenes_file(name: str, count: int, seed: int) -> dict[str, torch.Tensor]:
         path = args.work / name
-        if not path.exists():
+        if path.exists():
+            print(f"[encode] {path} exists: training on its scenes as they were encoded (--counts and "
+                  "--background-first shape new scene files only)", flush=True)
+        else:
             torch.save(encode_scenes(autoencoder, clip, count, seed, args.counts, args.background_first), path)
         return torch.load(path)
 

@@ -132,6 +132,14 @@ def test_finetune_takes_the_files_vae_and_widths_and_refuses_others(extra, says,
     assert not list(tmp_path.iterdir())
 
 
+def test_finetune_refuses_to_write_over_the_file_it_starts_from(tmp_path, capsys):
+    shipped = pack.module("nodes.toy_nodes").MODEL_FILE
+    with pytest.raises(SystemExit) as stop:
+        train.main(["--work", str(tmp_path), "--finetune", str(shipped), "--output", str(shipped)])
+    assert stop.value.code == 2 and "--output is the file --finetune starts from" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
 def test_finetune_of_a_file_that_is_no_demo_model_stops_naming_it(tmp_path, capsys):
     path = tmp_path / "other.safetensors"
     path.write_bytes(b"junk")
