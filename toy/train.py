@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import math
 import os
 import sys
@@ -227,15 +228,34 @@ def adopt_vae(source: Path, work: Path, config: model.ToyConfig) -> None:
         torch.save(parts["vae"], work / name)
 
 
-def file_networks(path: Path, config: model.ToyConfig, clip) -> dict[str, Any]:
-    """A demo-model file's UNet and text encoder as a checkpoint ``train_unet`` starts from (each its own EMA)."""
-    _, parts = model.read(path)
+def file_networks(path: Path, config: model.ToyConfig, clip, seed: int) -> dict[str, Any]:
+    """A demo-model file's UNet and text encoder as a checkpoint ``train_unet`` starts from (each its own EMA).
+
+    ``config`` may have more text layers than the file (``--text-layers``): the extra ones are appended as
+    identities (``deepen_text``), so the fine-tune starts from exactly the file's model.
+    """
+    theirs, parts = model.read(path)
     unet = model.build_unet(config).diffusion_model
     unet.load_state_dict(parts["unet"])
     text = model.text_encoder(clip)
-    text.transformer.load_state_dict(parts["clip"])
+    text.transformer.load_state_dict(parts["clip"], strict=theirs.text_layers == config.text_layers)
+    deepen_text(text, theirs.text_layers, seed)
     return {"unet": unet.state_dict(), "text": text.state_dict(),
             "ema_unet": unet.state_dict(), "ema_text": text.state_dict()}
+
+
+def deepen_text(text: torch.nn.Module, kept: int, seed: int) -> None:
+    """Make the text layers after the first ``kept`` identities: PyTorch's initialisation, then each residual
+    branch's output projection zeroed. The final layer norm then sees what it saw, so a deeper encoder grafted
+    onto a trained one changes nothing until training moves those projections off zero (their gradients are
+    not zero, as their inputs are not)."""
+    layers = text.transformer.text_model.encoder.layers
+    for index in range(kept, len(layers)):
+        initialise(layers[index], seed + index)
+        with torch.no_grad():
+            for projection in (layers[index].self_attn.out_proj, layers[index].mlp.fc2):
+                projection.weight.zero_()
+                projection.bias.zero_()
 
 
 def resume(path: Path, state: dict[str, Any], parts: tuple[tuple[Any, str], ...]) -> None:
@@ -245,7 +265,8 @@ def resume(path: Path, state: dict[str, Any], parts: tuple[tuple[Any, str], ...]
             part.load_state_dict(state[key])
         except (RuntimeError, ValueError) as error:
             raise SystemExit(f"{path} does not fit this run's networks ({str(error).splitlines()[0]}). It was "
-                             "trained with other --unet-widths: give the same widths, or another --work.") from None
+                             "trained with other --unet-widths or --text-layers: give the same, or another "
+                             "--work.") from None
 
 
 def train_unet(config: model.ToyConfig, data: dict[str, torch.Tensor], clip, steps: int, batch: int, seed: int,
@@ -417,6 +438,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--unet-widths", type=widths,
                         help="the UNet's channels at the 16x16, 8x8 and 4x4 latent levels (default "
                              f"{','.join(str(default.unet_channels * m) for m in default.unet_mult)})")
+    parser.add_argument("--text-layers", type=at_least(1),
+                        help=f"the text encoder's layers (default {default.text_layers}; with --finetune, at least the "
+                             "file's: the layers added start as identities, so the fine-tune starts from its model)")
     parser.add_argument("--counts", type=weights,
                         help="how often scenes of 1, 2 and 3 objects are trained on, e.g. 1,2,3 (default: evenly)")
     parser.add_argument("--background-first", action="store_true",
@@ -447,7 +471,12 @@ def main(argv: list[str] | None = None) -> None:
             config = model.read(args.finetune)[0]
         except (OSError, ValueError) as error:
             parser.error(f"--finetune: {error}")
+        if args.text_layers is not None and args.text_layers < config.text_layers:
+            parser.error(f"--text-layers {args.text_layers}: {args.finetune} has {config.text_layers} text layers, "
+                         "and a fine-tune can add layers, not drop them")
         args.vae_from = args.finetune
+    if args.text_layers is not None:
+        config = dataclasses.replace(config, text_layers=args.text_layers)
     if args.output is None:
         args.output = shipped if args.finetune is None else args.work / shipped.name
     elif args.finetune is not None and args.output.resolve() == args.finetune.resolve():
@@ -467,13 +496,14 @@ def main(argv: list[str] | None = None) -> None:
     autoencoder = model.build_autoencoder(config)
     if vae_file.exists():
         autoencoder.load_state_dict(torch.load(vae_file))
-        factor = float("nan")
+        scaled = f"{vae_file}, rescaled when it was trained"
     else:
         autoencoder, factor = train_vae(config, args.vae_steps, args.seed)
         torch.save(autoencoder.state_dict(), vae_file)
+        scaled = f"latent rescaled by {factor:.3f}"
     autoencoder.eval()
     psnr = vae_psnr(autoencoder, args.seed + 2)
-    print(f"[vae] PSNR {psnr:.1f} dB on 200 new scenes (latent rescaled by {factor:.3f})", flush=True)
+    print(f"[vae] PSNR {psnr:.1f} dB on 200 new scenes ({scaled})", flush=True)
     decoder_file = args.work / "decoder.pt"
     if args.phase == "decoder" or not decoder_file.exists():
         tuned = finetune_decoder(autoencoder, args.decoder_steps, args.seed + 6)
@@ -510,7 +540,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.finetune is not None:
         start = args.work / "start.pt"
         if not start.exists():
-            torch.save(file_networks(args.finetune, config, clip), start)
+            torch.save(file_networks(args.finetune, config, clip, args.seed + 13), start)
         snapshot(*train_unet(config, data, clip, args.unet_steps, args.batch, args.seed + 12,
                              args.work / "finetune.pt", snapshot, bf16, FINETUNE_LEARNING_RATE, start))
     else:

@@ -1,6 +1,8 @@
 """The training command's arguments: a bad count, width or scene mix stops it at once, naming the flag (training
 takes hours), a checkpoint of other widths is refused by name, and --vae-from takes a demo-model file's VAE."""
 
+import dataclasses
+
 import numpy as np
 import pack
 import pytest
@@ -171,3 +173,26 @@ def test_finetune_starts_from_the_files_networks_at_its_learning_rate_and_writes
         assert all(torch.equal(state[key][k], v) for k, v in parts["unet"].items()), key
     text = {k.removeprefix("transformer."): v for k, v in state["text"].items() if k.startswith("transformer.")}
     assert all(torch.equal(text[k], v) for k, v in parts["clip"].items())
+
+
+def test_finetune_with_more_text_layers_starts_from_exactly_the_files_text_encoder():
+    """The layers --text-layers adds start as identities: the deeper encoder gives the file's embeddings."""
+    model = pack.module("toy.model")
+    shipped = pack.module("nodes.toy_nodes").MODEL_FILE
+    config, _ = model.read(shipped)
+    deeper = model.build_clip(dataclasses.replace(config, text_layers=config.text_layers + 2))
+    train.file_networks(shipped, dataclasses.replace(config, text_layers=config.text_layers + 2), deeper, 0)
+    _, clip, _, _ = model.load(shipped)
+    caption = "a big red circle and a small blue square on a white background"
+    added = model.text_encoder(deeper).transformer.text_model.encoder.layers[-1]
+    assert added.self_attn.q_proj.weight.abs().sum() > 0, "the added layers are initialised, only their outputs zero"
+    torch.testing.assert_close(deeper.encode_from_tokens(deeper.tokenize(caption)),
+                               clip.encode_from_tokens(clip.tokenize(caption)))
+
+
+def test_finetune_refuses_fewer_text_layers_than_the_file_has(tmp_path, capsys):
+    shipped = pack.module("nodes.toy_nodes").MODEL_FILE
+    with pytest.raises(SystemExit) as stop:
+        train.main(["--work", str(tmp_path), "--finetune", str(shipped), "--text-layers", "2"])
+    assert stop.value.code == 2 and "can add layers, not drop them" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
