@@ -1,5 +1,6 @@
 """The training command's arguments: a bad count, width or scene mix stops it at once, naming the flag (training
-takes hours), a checkpoint of other widths is refused by name, and --vae-from takes a demo-model file's VAE."""
+takes hours), a checkpoint of other widths is refused by name, --vae-from takes a demo-model file's VAE, and
+--finetune starts from exactly the file's model (with --text-layers, its added layers as identities)."""
 
 import dataclasses
 
@@ -180,8 +181,9 @@ def test_finetune_with_more_text_layers_starts_from_exactly_the_files_text_encod
     model = pack.module("toy.model")
     shipped = pack.module("nodes.toy_nodes").MODEL_FILE
     config, _ = model.read(shipped)
-    deeper = model.build_clip(dataclasses.replace(config, text_layers=config.text_layers + 2))
-    train.file_networks(shipped, dataclasses.replace(config, text_layers=config.text_layers + 2), deeper, 0)
+    config = dataclasses.replace(config, text_layers=config.text_layers + 2)
+    deeper = model.build_clip(config)
+    train.file_networks(shipped, config, deeper, 0)
     _, clip, _, _ = model.load(shipped)
     caption = "a big red circle and a small blue square on a white background"
     added = model.text_encoder(deeper).transformer.text_model.encoder.layers[-1]
