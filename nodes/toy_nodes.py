@@ -21,8 +21,9 @@ MODEL_FILE = Path(os.environ.get("PROMPT_TO_PROMPT_DEMO_MODEL")
 
 class DemoModelLoader:
     DESCRIPTION = (f"Loads the pack's tiny demo model: an SD1.x-shaped model trained on {SIZE}x{SIZE} pictures of "
-                   "flat-colour shapes. It knows only captions like 'a big red circle and a small blue square on "
-                   "a white background' (words: " + ", ".join(vocabulary()) + f"). Sample at {SIZE}x{SIZE} with "
+                   "flat-colour shapes. It knows only captions like 'on a white background, a big red circle and a "
+                   "small blue square' (the background named first, so its word's map lies around the objects; "
+                   "named last also works) (words: " + ", ".join(vocabulary()) + f"). Sample at {SIZE}x{SIZE} with "
                    "an empty negative prompt.")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("MODEL", "CLIP", "VAE")
