@@ -221,6 +221,7 @@ def test_shape_words_attend_to_their_own_shapes_and_the_background_word_around_t
         masks = p2p["ShowAttention"]().show(record, torch.from_numpy(image[0] / 255.0).float()[None], 0,
                                             "circle, square, triangle, background", 0.6)[1].numpy()
         things = {f.shape: f.mask for f in measure.objects(image[0])}
+        assert measure.check(image[0], THREE).ok, (seed, "the source does not draw the caption")
         for word, heat in zip(("circle", "square", "triangle"), masks):
             peak = np.unravel_index(int(heat.argmax()), heat.shape)
             assert things[word][peak], (seed, word)
