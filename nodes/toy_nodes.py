@@ -22,9 +22,9 @@ MODEL_FILE = Path(os.environ.get("PROMPT_TO_PROMPT_DEMO_MODEL")
 class DemoModelLoader:
     DESCRIPTION = (f"Loads the pack's tiny demo model: an SD1.x-shaped model trained on {SIZE}x{SIZE} pictures of "
                    "flat-colour shapes. It knows only captions like 'on a white background, a big red circle and a "
-                   "small blue square' (the background named first, so its word's map lies around the objects; "
-                   "named last also works) (words: " + ", ".join(vocabulary()) + f"). Sample at {SIZE}x{SIZE} with "
-                   "an empty negative prompt.")
+                   "small blue square' (words: " + ", ".join(vocabulary()) + "). Name the background first for its "
+                   f"word's map to lie around the objects; named last, it lies on them. Sample at {SIZE}x{SIZE} "
+                   "with an empty negative prompt.")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("MODEL", "CLIP", "VAE")
     OUTPUT_TOOLTIPS = ("The demo diffusion model (SD1.x layout, eps prediction).",

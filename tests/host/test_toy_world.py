@@ -195,8 +195,7 @@ def test_reweighting_the_circle_moves_its_size_monotonically(p2p, demo, toy):
 
 
 def test_refine_keeps_the_circle_and_adds_the_square(p2p, demo, toy):
-    """Measured: the circle's IoU 0.92/0.93/0.97/0.94. Over seeds 0-15 the square appeared for 10 (where the
-    source put its circle at the right edge, the caption's left-to-right order leaves no room for it), and the
+    """Measured: the circle's IoU 0.92/0.93/0.97/0.94. Over seeds 0-15 the square appeared for 10, and the
     circle stayed (IoU 0.89-0.97) for all of them but seeds 2 (moved: 0.12) and 3 (0.78)."""
     _, measure = toy
     kept = []
