@@ -35,11 +35,15 @@ class NullTextSettings:
     learning_rate: float = 1e-2
     epsilon: float = 1e-5
 
-    def lr(self, step: int) -> float:
-        return self.learning_rate * (1.0 - step / 100.0)
+    def lr(self, step: int, steps: int) -> float:
+        """The notebook's 1e-2 * (1 - step / 100), written for its 50 steps (it halves over the run). Runs longer
+        than 50 steps stretch it over their length, so it still halves: the literal formula reaches zero at
+        step 100 and goes negative after it, which Adam refuses."""
+        return self.learning_rate * (1.0 - step / max(100, 2 * steps))
 
-    def threshold(self, step: int) -> float:
-        return self.epsilon + step * 2e-5
+    def threshold(self, step: int, steps: int) -> float:
+        """The notebook's early-stop threshold 1e-5 + step * 2e-5, stretched the same way beyond 50 steps."""
+        return self.epsilon + 2e-5 * step * 50 / max(50, steps)
 
 
 def diffusers_scale(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -148,7 +152,7 @@ def null_text_optimise(cond: Denoiser, uncond: UncondDenoiser, pivots: list[torc
                 check()
                 loss_cond_x0 = exact[0](x, sigma).float()
         embedding.requires_grad_(True)
-        optimiser = torch.optim.Adam([embedding], lr=settings.lr(i))
+        optimiser = torch.optim.Adam([embedding], lr=settings.lr(i, len(sigmas) - 1))
         loss_value, updates = float("inf"), 0
         while updates < settings.iterations:
             check()
@@ -171,7 +175,7 @@ def null_text_optimise(cond: Denoiser, uncond: UncondDenoiser, pivots: list[torc
                 continue
             optimiser.step()
             updates += 1
-            if loss_value < settings.threshold(i):
+            if loss_value < settings.threshold(i, len(sigmas) - 1):
                 break
         embedding = embedding.detach()
         embeddings.append(embedding.clone())

@@ -95,8 +95,22 @@ def test_null_text_optimises_in_fp32_for_half_embeddings():
 
 def test_paper_schedule_for_lr_and_early_stop():
     settings = NullTextSettings()
-    assert settings.lr(0) == 1e-2 and math.isclose(settings.lr(49), 0.0051)
-    assert math.isclose(settings.threshold(49), 1e-5 + 49 * 2e-5)
+    for steps in (10, 50):
+        assert settings.lr(0, steps) == 1e-2 and math.isclose(settings.lr(9, steps), 0.0091)
+        assert math.isclose(settings.threshold(9, steps), 1e-5 + 9 * 2e-5)
+    assert math.isclose(settings.lr(49, 50), 0.0051) and math.isclose(settings.threshold(49, 50), 1e-5 + 49 * 2e-5)
+
+
+def test_runs_longer_than_the_papers_stretch_its_schedule_and_keep_a_positive_learning_rate():
+    """The notebook's schedule reaches zero at step 100; a 200-step run halves over its length as 50 steps do."""
+    settings = NullTextSettings()
+    assert math.isclose(settings.lr(199, 200), 1e-2 * (1 - 199 / 400))
+    assert math.isclose(settings.threshold(199, 200), settings.threshold(49.75, 50))
+    sigmas = [14.6 * (1 - i / 120) ** 2 for i in range(121)]
+    pivots = ddim_invert(lambda x, s: toy_denoiser(x, s, COND), image(), sigmas)
+    embeddings = null_text_optimise(lambda x, s: toy_denoiser(x, s, COND), toy_denoiser, pivots, sigmas, 7.5, NULL,
+                                    NullTextSettings(iterations=1))
+    assert len(embeddings) == 120
 
 
 def test_diffusers_scale_matches_alpha_bar():
