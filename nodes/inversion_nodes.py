@@ -15,6 +15,7 @@ conditioning, SDXL's pooled inputs and model patches are applied as when samplin
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 
 import comfy.conds
@@ -133,8 +134,12 @@ class InversionPatch:
         negatives = [slice(c * rows, (c + 1) * rows) for c, kind in enumerate(chunks) if kind == 1]
         if inv.uncond and negatives:
             context = inv.uncond[min(step, len(inv.uncond) - 1)]
-            context = context.repeat(1, c_crossattn.shape[1] // context.shape[1], 1).to(c_crossattn)
-            c_crossattn = c_crossattn.clone()
+            # Both to a common length, tiled as ComfyUI pads prompts of several chunks (repeated keys and values
+            # leave attention unchanged): a negative-prompt inversion's context is the source prompt, longer than
+            # a negative that ComfyUI runs alone (more than 4 times as long, or memory is short).
+            length = math.lcm(c_crossattn.shape[1], context.shape[1])
+            c_crossattn = c_crossattn.repeat(1, length // c_crossattn.shape[1], 1)
+            context = context.repeat(1, length // context.shape[1], 1).to(c_crossattn)
             for rows_of in negatives:
                 c_crossattn[rows_of] = context
             if inv.uncond_y is not None and "y" in kwargs:

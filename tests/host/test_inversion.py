@@ -94,6 +94,20 @@ def test_negative_prompt_inversion_beats_plain_ddim_inversion(p2p, family):
     assert reconstruction_error(p2p, family, "negative-prompt") * 3 < plain_ddim_error(p2p, family)
 
 
+def test_negative_prompt_inversion_of_a_long_prompt_samples_with_a_negative_run_on_its_own(p2p):
+    """A prompt of five chunks is more than 4 times as long as the empty negative, so ComfyUI runs the negative
+    on its own; the inversion's context (the prompt) must still take its place there."""
+    model, clip = gentle("sd1")
+    prompt = " ".join(["cat"] * 350)
+    inverted, latent = invert(p2p, model, clip, "negative-prompt", prompt=prompt)
+    assert encode(clip, prompt)[0][0].shape[1] == 5 * 77
+    sampled = advanced(inverted, clip, encode(clip, prompt), latent)
+    _, plain_latent = invert(p2p, model, clip, "direct", prompt=prompt)
+    plain = advanced(model, clip, encode(clip, prompt), plain_latent)
+    target = image_latent()["samples"]
+    assert float((sampled - target).pow(2).mean()) * 3 < float((plain - target).pow(2).mean())
+
+
 @pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
 def test_direct_inversion_reconstructs_to_float_tolerance(p2p, family):
     assert reconstruction_error(p2p, family, "direct") < 1e-10
