@@ -189,7 +189,7 @@ class EditPatch:
         recorder.shared.run = run
         if trajectory.offset == 0 or not continuation:
             recorder.reset()
-        elif not recorder.resume(trajectory.offset, trajectory.steps):
+        elif not recorder.resume(trajectory.offset, trajectory.steps, run.latent):
             raise PromptToPromptError(
                 f"This sampler continues a schedule at step {trajectory.offset} of {trajectory.steps}, but its "
                 f"attention maps of steps 0-{trajectory.offset - 1}, which the local blend and the attention store "

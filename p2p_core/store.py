@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import PromptToPromptError
 from .schedule import Window
 
 DEFAULT_LEVEL = 4
@@ -167,16 +168,26 @@ class Recorder:
         self.checkpoints.clear()
 
     def checkpoint(self, step: int, steps: int) -> None:
-        """Remember what was recorded before `step` of a `steps`-step trajectory."""
+        """Remember what the current run recorded before `step` of a `steps`-step trajectory, and its latent size."""
         masks = None if self.shared.masks is None else self.shared.masks.clone()
-        self.checkpoints[(step, steps)] = tuple(a.state() for a in self._accumulators()), masks
+        latent = None if self.shared.run is None else self.shared.run.latent
+        self.checkpoints[(step, steps)] = tuple(a.state() for a in self._accumulators()), masks, latent
 
-    def resume(self, step: int, steps: int) -> bool:
-        """Restore the checkpoint at `step`, if a run stopped there; False when there is none."""
+    def resume(self, step: int, steps: int, latent: tuple[int, int]) -> bool:
+        """Restore the checkpoint at `step`, if a run stopped there; False when there is none.
+
+        Refuses a run on a latent of another size (an upscale between the stages): the maps and masks recorded
+        before have the first stage's size, and mixing them would blend with a mask of the wrong shape."""
         saved = self.checkpoints.get((step, steps))
         if saved is None:
             return False
-        states, masks = saved
+        states, masks, recorded = saved
+        if recorded is not None and recorded != tuple(latent):
+            raise PromptToPromptError(
+                f"The run continuing a schedule at step {step} of {steps} samples a {latent[0]}x{latent[1]} latent, "
+                f"but the steps before it ran on {recorded[0]}x{recorded[1]}, the size of the attention maps and "
+                "blend masks recorded then. Sample every stage at one size (resize the latent after the last "
+                "stage), or start the resized stage with fresh noise (add_noise enabled), which records afresh.")
         for accumulator, state in zip(self._accumulators(), states):
             accumulator.load(state)
         self.shared.masks = None if masks is None else masks.clone()

@@ -120,6 +120,25 @@ def test_a_second_stage_without_its_first_cannot_blend(p2p, sd1, error):
                                         negative(clip), latent, 6, 10000, "disable")
 
 
+@pytest.mark.parametrize("recorder", ["LocalBlendMask", "AttentionStore"])
+def test_a_second_stage_on_an_upscaled_latent_is_refused_where_maps_were_recorded(p2p, sd1, error, recorder):
+    """The first stage's maps and masks have its latent's size; the second must not mix them with another."""
+    model, clip = sd1
+    edited, positive, latent = replace(p2p, model, clip)
+    if recorder == "LocalBlendMask":
+        patched, _ = p2p["LocalBlendMask"]().apply(edited, clip, "cat", "dog", 0.8, 0.2, "1/2")
+    else:
+        patched, positive, latent, _ = p2p["AttentionStore"]().apply(edited, clip, "", "1/2", 0.0, 1.0, 64, 64,
+                                                                     False)
+    advanced = nodes.KSamplerAdvanced()
+    first = advanced.sample(patched, "enable", SEED, STEPS, CFG, "euler", "normal", positive, negative(clip), latent,
+                            0, 6, "enable")[0]
+    larger = nodes.LatentUpscale().upscale(first, "nearest-exact", 128, 128, "disabled")[0]
+    with pytest.raises(error, match="samples a 16x16 latent, but the steps before it ran on 8x8.*one size"):
+        advanced.sample(patched, "disable", SEED, STEPS, CFG, "euler", "normal", positive, negative(clip), larger,
+                        6, 10000, "disable")
+
+
 def test_with_denoise_below_one_windows_count_comfyuis_longer_schedule(p2p, sd1):
     """KSampler samples denoise 0.5 of 10 steps as the last 10 of 20: the windows count those 20."""
     model, clip = sd1
