@@ -35,7 +35,7 @@ def columns(prompt: PromptTokens, words: list[str], tokenize: TokenizeFn) -> tup
     return tuple(sorted({p for w in words for p in prompt.find(w, tokenize)}))
 
 
-def subtract_columns(prompts: list[PromptTokens], words: list[str],
+def subtract_columns(prompts: tuple[PromptTokens, ...], words: list[str],
                      tokenize: TokenizeFn) -> tuple[tuple[int, ...], ...]:
     """Each subtract word counts in every row whose prompt has it, and must be in at least one."""
     found: list[set[int]] = [set() for _ in prompts]
@@ -106,16 +106,15 @@ class LocalBlendMask:
                 "Local blend needs an edit to blend: connect LocalBlendMask's model input to the MODEL output of a "
                 "Replace, Refine or Reweight node.")
         plan, tokenize = state.plan, word_tokenizer(clip)
-        prompts = [plan.source] + [row.prompt for row in plan.rows]
         word_lists = [split_words(source_words)] + edit_word_lists(edit_words, len(plan.rows))
         spec = BlendSpec(
-            words=tuple(columns(p, w, tokenize) for p, w in zip(prompts, word_lists)),
-            subtract=subtract_columns(prompts, split_words(subtract_words), tokenize),
+            words=tuple(columns(p, w, tokenize) for p, w in zip(plan.prompts, word_lists)),
+            subtract=subtract_columns(plan.prompts, split_words(subtract_words), tokenize),
             threshold=threshold, subtract_threshold=threshold, start=start,
             level=check_level(model, LEVELS[level]))
         recorder = (state.recorder or Recorder()).extended(blend=MapAccumulator(spec.level))
         state = replace(state, recorder=recorder, blend=spec)
-        return EditPatch.install(model, state), AttentionRecord(recorder, plan, tokenize)
+        return EditPatch.install(model, state), AttentionRecord(recorder, tokenize)
 
 
 NODE_CLASS_MAPPINGS = {"LocalBlendMask": LocalBlendMask}

@@ -137,7 +137,8 @@ class EditPatch:
         continuation = not bool(noise.any())
         trajectory = whole_trajectory(model_sampling, sampler, sigmas, tuple(self.stopped) if continuation else ())
         clock = StepClock(trajectory, sigmas.tolist(), sampler_name(sampler) in CORRECTOR_SAMPLERS)
-        self.start_recording(trajectory, continuation, Run(trajectory.steps, tuple(latent_image.shape[-2:])))
+        run = Run(trajectory.steps, tuple(latent_image.shape[-2:]), self.plan.prompts)
+        self.start_recording(trajectory, continuation, run)
         guider.model_options["transformer_options"][RUN_KEY] = clock
 
         def sampled(step, denoised, x, total_steps):
@@ -171,7 +172,7 @@ class EditPatch:
         """The sampler's positive must be the one the node made: its rows are the plan's prompts."""
         if self.positive is None:
             return
-        texts = [self.plan.source.text] + [row.prompt.text for row in self.plan.rows]
+        texts = [prompt.text for prompt in self.plan.prompts]
         actual = [entry.get("cross_attn") for entry in positive]
         if len(actual) != 1 or not same_rows(actual[0], self.positive):
             raise PromptToPromptError(

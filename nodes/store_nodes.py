@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 from ..p2p_core.attention import check_self_map_pixels
-from ..p2p_core.edits import EditPlan
 from ..p2p_core.errors import PromptToPromptError
 from ..p2p_core.render import colorize, overlay
 from ..p2p_core.schedule import Window
@@ -35,21 +34,16 @@ LEVEL_TOOLTIP = ("Which layers: those whose feature map is this fraction of the 
 
 @dataclass(frozen=True)
 class AttentionRecord:
-    """The ATTENTION_STORE socket: the recorder a patched model fills, and the prompts of its rows."""
+    """The ATTENTION_STORE socket: the recorder a patched model fills, and the tokenizer to find words with."""
 
     recorder: Recorder
-    plan: EditPlan
     tokenize: TokenizeFn
 
     def prompt(self, row: int) -> PromptTokens:
-        """Row 0 is the source; with no edit every row of a plain batch holds the source prompt."""
-        if not self.plan.rows:
-            return self.plan.source
-        if row > len(self.plan.rows):
-            raise PromptToPromptError(
-                f"Row {row} was added after this ATTENTION_STORE was made; connect the store of the last "
-                "Prompt-to-Prompt node before the sampler.")
-        return self.plan.source if row == 0 else self.plan.rows[row - 1].prompt
+        """The prompt of `row` in the run that recorded the maps (call after `maps`); without edits every row of
+        a plain batch holds the source prompt."""
+        prompts = self.recorder.run.prompts
+        return prompts[row] if len(prompts) > 1 else prompts[0]
 
     def maps(self) -> MapAccumulator:
         accumulator = self.recorder.store or self.recorder.blend
@@ -144,7 +138,7 @@ class AttentionStore:
         if self_attention:  # refused here, before sampling; the sampler checks again for another latent
             latent_h, latent_w = out_latent["samples"].shape[-2:]
             check_self_map_pixels(math.ceil(latent_h / level_number) * math.ceil(latent_w / level_number))
-        return patched, positive, out_latent, AttentionRecord(state.recorder, state.plan, word_tokenizer(clip))
+        return patched, positive, out_latent, AttentionRecord(state.recorder, word_tokenizer(clip))
 
 
 class ShowAttention:

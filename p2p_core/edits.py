@@ -107,6 +107,11 @@ class EditPlan:
         """Batch rows a sampler must run: the source plus one per edit."""
         return 1 + len(self.rows)
 
+    @property
+    def prompts(self) -> tuple[PromptTokens, ...]:
+        """Each batch row's prompt: the source, then each edited row's."""
+        return (self.source, *(row.prompt for row in self.rows))
+
     def add_row(self, row: RowEdit) -> EditPlan:
         return replace(self, rows=self.rows + (row,))
 

@@ -18,6 +18,7 @@ import torch
 
 from .errors import PromptToPromptError
 from .schedule import Window
+from .tokens import PromptTokens
 
 DEFAULT_LEVEL = 4
 
@@ -106,10 +107,12 @@ def self_attention_components(maps: torch.Tensor, count: int, size: tuple[int, i
 @dataclass(frozen=True)
 class Run:
     """A sampling run a recorder saw: its trajectory's step count and its latent size (h, w), to explain a
-    recording that stayed empty."""
+    recording that stayed empty, and the prompts of its rows (the source first; a batch without edits holds
+    only the source), which label the maps: an edit node chained after a store adds rows the store never saw."""
 
     steps: int
     latent: tuple[int, int]
+    prompts: tuple[PromptTokens, ...] = ()
 
 
 class Shared:

@@ -125,16 +125,19 @@ def test_a_checkpoint_resumes_exactly_what_was_recorded():
     recorder.store.add(0, maps, (2, 3))
     recorder.blend.add(0, maps, (2, 3))
     recorder.shared.masks = torch.tensor([[[True, False]]])
+    recorder.shared.run = Run(10, (4, 6))
     recorder.checkpoint(4, 10)
     before = recorder.store.mean(0).clone()
     recorder.store.add(0, torch.rand(2, 6, 5).softmax(-1), (2, 3))
     recorder.shared.masks = None
-    assert not recorder.resume(5, 10)
-    assert recorder.resume(4, 10)
+    assert not recorder.resume(5, 10, (4, 6))
+    assert recorder.resume(4, 10, (4, 6))
     assert torch.equal(recorder.store.mean(0), before) and recorder.store.counts[0] == 2
     assert torch.equal(recorder.last_masks, torch.tensor([[[True, False]]]))
+    with pytest.raises(PromptToPromptError, match="samples a 8x12 latent, but the steps before it ran on 4x6"):
+        recorder.resume(4, 10, (8, 12))
     recorder.reset()
-    assert not recorder.resume(4, 10) and recorder.store.rows() == []
+    assert not recorder.resume(4, 10, (4, 6)) and recorder.store.rows() == []
 
 
 def test_self_attention_components_separate_two_regions():

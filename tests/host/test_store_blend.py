@@ -86,13 +86,26 @@ def test_store_after_an_edit_records_every_row_and_keeps_the_edit(p2p):
     assert torch.allclose(out, sample(edited, clip, positive, latent), atol=1e-5)
 
 
+def test_a_store_before_an_edit_shows_each_row_with_its_own_prompt(p2p):
+    """The maps are those of the batch sampled last, so each row's tokens are those of the plan sampled, even
+    when the edit node comes after the store."""
+    model, clip, vae = executor.tiny_bundle("sd1")
+    stored, _, _, record = store(p2p, model, clip)
+    edited, positive, latent = replace(p2p, stored, clip, size=64)
+    images = vae.decode(sample(edited, clip, positive, latent)).detach()
+    assert record.maps().rows() == [0, 1] and record.prompt(1).text == TARGET
+    heatmaps, word_masks, _, _ = p2p["ShowAttention"]().show(record, images, 1, "dog", 0.6)
+    assert heatmaps.shape[0] == len(record.prompt(1).content)
+    assert word_masks.shape == (1, 64, 64) and float(word_masks.max()) == pytest.approx(1.0)
+
+
 def test_show_attention_draws_each_token_and_word_masks(p2p):
     model, clip, vae = executor.tiny_bundle("sd1")
     patched, positive, latent, record = store(p2p, model, clip, width=64, height=96)
     images = vae.decode(sample(patched, clip, positive, latent)).detach()
     heatmaps, word_masks, blend_masks, components = p2p["ShowAttention"]().show(record, images, 0, "cat, bicycle",
                                                                                 0.6, 3)
-    tokens = record.plan.source.content
+    tokens = record.prompt(0).content
     assert heatmaps.shape[0] == len(tokens) and heatmaps.shape[1] > 96 and heatmaps.shape[2] == 64
     assert word_masks.shape == (2, 96, 64) and float(word_masks.max()) == pytest.approx(1.0)
     assert float(word_masks.min()) >= 0 and not bool(blend_masks.any())

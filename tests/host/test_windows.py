@@ -218,7 +218,7 @@ def test_stored_maps_of_an_edited_row_are_the_injected_ones(p2p, sd1):
         stored, positive, latent, record = p2p["AttentionStore"]().apply(edited, clip, "", "1/2", 0.0, 1.0, 64, 64)
         ksample(stored, clip, positive, latent)
         cat, dog = (prompt.find(word, tokenize)[0] for prompt, word in
-                    ((record.plan.source, "cat"), (record.plan.rows[0].prompt, "dog")))
+                    ((record.prompt(0), "cat"), (record.prompt(1), "dog")))
         return record.maps().mean(0)[..., cat], record.maps().mean(1)[..., dog]
 
     source, edited = recorded(1.0)
