@@ -33,7 +33,7 @@ from .patch import INVERSION_KEY as KEY
 from .patch import KEY as EDIT_KEY
 from .patch import attach, same_rows
 from .sampler_run import sampler_name, sampler_step
-from .text import encode_prompt, tokenize_prompt
+from .text import check_text_width, encode_prompt, tokenize_prompt
 from .unet import transformer_levels
 
 MODES = ("null-text", "negative-prompt", "direct")
@@ -367,6 +367,8 @@ class NullTextInvert:
         sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps).cpu()
         if positive is None:
             positive = _conditioning(encode_prompt(clip, prompt, model))
+        else:
+            _check_positive(positive, model)
         negative = _conditioning(encode_prompt(clip, "", model))
         progress = comfy.utils.ProgressBar(steps * (2 if mode == "null-text" else 1))
         sampler = InversionSampler(mode, cfg, progress, NullTextSettings(iterations=inner_steps))
@@ -395,6 +397,18 @@ def _clone(conditioning: list) -> list:
     """Conditioning copied out of inference mode, so autograd may read it."""
     return [[c.clone(), {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in d.items()}]
             for c, d in conditioning]
+
+
+def _check_positive(positive: list, model) -> None:
+    """The inversion keeps one prompt's encoding (the edit's source row): one entry of one row, of this model's
+    text width."""
+    if len(positive) != 1 or positive[0][0].shape[0] != 1:
+        rows = sum(cond.shape[0] for cond, _ in positive)
+        raise PromptToPromptError(
+            f"The positive input of Invert Image holds {len(positive)} conditioning(s) of {rows} row(s), but the "
+            "image is inverted with one prompt's encoding: connect one CLIP Text Encode of the prompt (no "
+            "Conditioning Combine, no batch), or leave positive unconnected.")
+    check_text_width(positive[0][0], model, "The positive input of Invert Image is")
 
 
 def _check_inputs(model, latent: dict, mode: str, cfg: float) -> None:

@@ -124,12 +124,17 @@ def encode_prompt(clip, text: str, model) -> tuple[torch.Tensor, dict]:
     """
     out = clip.encode_from_tokens(clip.tokenize(text), return_pooled=True, return_dict=True)
     cond = out.pop("cond")
+    check_text_width(cond, model, "The CLIP encodes prompts")
+    return cond, out
+
+
+def check_text_width(cond: torch.Tensor, model, subject: str) -> None:
+    """Refuse text conditioning `model` cannot attend to, naming `subject` (where it came from) and the fix."""
     width = model.model.model_config.unet_config.get("context_dim")
     if width is not None and cond.shape[-1] != width:
         raise PromptToPromptError(
-            f"The CLIP encodes prompts {cond.shape[-1]} values wide, but this model attends to text {width} wide: "
-            "connect the CLIP of the same checkpoint as the MODEL.")
-    return cond, out
+            f"{subject} {cond.shape[-1]} values wide, but this model attends to text {width} wide: connect the "
+            "CLIP of the same checkpoint as the MODEL.")
 
 
 def batch_conditioning(rows: list[tuple[torch.Tensor, dict]]) -> list:

@@ -325,3 +325,24 @@ def test_inversion_after_an_edit_node_is_refused(p2p, error):
     edited, _, _ = p2p["ReplaceEdit"]().apply(model, clip, PROMPT, "a photo of a dog", 0.8, 0.4, 64, 64)
     with pytest.raises(error, match="before the edit nodes"):
         invert(p2p, edited, clip, "direct")
+
+
+def test_a_positive_of_another_checkpoint_is_refused_before_inverting(p2p, error):
+    """It used to fail inside the UNet: mat1 and mat2 shapes cannot be multiplied."""
+    model, clip, _ = executor.tiny_bundle("sd1")
+    other = encode(tiny.make_clip("sdxl"), PROMPT)
+    with pytest.raises(error, match="positive input of Invert Image is 64 values wide.*attends to text 32 wide"):
+        p2p["NullTextInvert"]().invert(model, clip, PROMPT, image_latent(), "direct", STEPS, CFG, "ddim_uniform",
+                                       positive=other)
+
+
+@pytest.mark.parametrize("combine", ["entries", "rows"])
+def test_a_positive_of_several_prompts_is_refused_before_inverting(p2p, error, combine):
+    """Only one prompt's encoding can be the edit's source row; the others used to be dropped silently."""
+    model, clip, _ = executor.tiny_bundle("sd1")
+    one, two = encode(clip, PROMPT), encode(clip, "a photo of a dog")
+    positive = (nodes.ConditioningCombine().combine(one, two)[0] if combine == "entries"
+                else [[torch.cat([one[0][0], two[0][0]]), dict(one[0][1])]])
+    with pytest.raises(error, match="holds .* conditioning\\(s\\) of 2 row\\(s\\).*one CLIP Text Encode"):
+        p2p["NullTextInvert"]().invert(model, clip, PROMPT, image_latent(), "direct", STEPS, CFG, "ddim_uniform",
+                                       positive=positive)
