@@ -128,6 +128,8 @@ def edit_latent(model, latent: dict | None, rows: int, width: int, height: int) 
     After NullTextInvert the latent must be the inverted one: an empty latent, or the photo's own, would
     sample another picture without a word.
     """
+    if latent is not None:
+        check_image_latent(model, latent["samples"])
     inversion = model.get_attachment(INVERSION_KEY)
     if inversion is not None:
         if latent is None:
@@ -149,6 +151,17 @@ def edit_latent(model, latent: dict | None, rows: int, width: int, height: int) 
         batch_index = latent.get("batch_index", [0])[0]
         extra = {k: v for k, v in latent.items() if k not in ("samples", "batch_index")}
     return {**extra, "samples": samples.repeat(rows, 1, 1, 1), "batch_index": [batch_index] * rows}
+
+
+def check_image_latent(model, samples: torch.Tensor) -> None:
+    """Refuse a latent this model cannot sample (a video latent, another model family's channels) here, naming
+    it, rather than in a convolution deep inside the UNet."""
+    channels = model.get_model_object("latent_format").latent_channels
+    if samples.ndim != 4 or samples.shape[1] != channels:
+        raise PromptToPromptError(
+            f"The latent has shape {tuple(samples.shape)}, but this model samples image latents of {channels} "
+            f"channels, [batch, {channels}, height/8, width/8]: connect an Empty Latent Image or a VAE Encode made "
+            "with this checkpoint's VAE (a video latent, or another model family's, does not fit).")
 
 
 class _EditNode:

@@ -28,7 +28,7 @@ import torch
 from ..p2p_core.errors import PromptToPromptError
 from ..p2p_core.inversion import NullTextSettings, ddim_invert, direct_targets, null_text_optimise
 from ..p2p_core.plan import require_words
-from .edit_nodes import CATEGORY
+from .edit_nodes import CATEGORY, check_image_latent
 from .patch import INVERSION_KEY as KEY
 from .patch import KEY as EDIT_KEY
 from .patch import attach, same_rows
@@ -422,6 +422,7 @@ def _check_inputs(model, latent: dict, mode: str, cfg: float) -> None:
         raise PromptToPromptError(
             f"{error} Inversion also needs classifier-free guidance with an unconditional branch, which "
             "guidance-distilled models (Flux) do not have.") from None
+    check_image_latent(model, latent["samples"])
     if latent["samples"].shape[0] != 1:
         raise PromptToPromptError(
             f"NullTextInvert inverts one image, but the latent holds {latent['samples'].shape[0]}. Encode a single "

@@ -63,6 +63,13 @@ def test_latent_input_with_several_images(p2p, sd1, error):
         replace(p2p, *sd1, latent=latent)
 
 
+@pytest.mark.parametrize("shape", [(1, 16, 8, 8), (1, 4, 2, 8, 8)], ids=["another family's", "video"])
+def test_a_latent_the_model_cannot_sample_is_refused_at_the_node(p2p, sd1, error, shape):
+    """A 16-channel latent used to fail in the UNet's first convolution, a video latent in a repeat."""
+    with pytest.raises(error, match=r"latent has shape .* image latents of 4 channels.*Empty Latent Image"):
+        replace(p2p, *sd1, latent={"samples": torch.zeros(shape)})
+
+
 def test_sampling_a_latent_batch_that_does_not_match_the_rows(p2p, sd1, error):
     model, positive, _ = replace(p2p, *sd1)
     latent = nodes.EmptyLatentImage().generate(64, 64, 3)[0]

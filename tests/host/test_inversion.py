@@ -346,3 +346,9 @@ def test_a_positive_of_several_prompts_is_refused_before_inverting(p2p, error, c
     with pytest.raises(error, match="holds .* conditioning\\(s\\) of 2 row\\(s\\).*one CLIP Text Encode"):
         p2p["NullTextInvert"]().invert(model, clip, PROMPT, image_latent(), "direct", STEPS, CFG, "ddim_uniform",
                                        positive=positive)
+
+
+def test_a_latent_the_model_cannot_sample_is_refused_before_inverting(p2p, error):
+    model, clip, _ = executor.tiny_bundle("sd1")
+    with pytest.raises(error, match=r"latent has shape \(1, 16, 8, 8\).*image latents of 4 channels"):
+        invert(p2p, model, clip, "direct", latent={"samples": torch.zeros(1, 16, 8, 8)})
