@@ -315,10 +315,6 @@ def time_ratio(variant: Variant, base: Variant) -> float:
     return variant.result.median_s / base.result.median_s
 
 
-def ratio_cell(value: float, base: float) -> str:
-    return f"{value / base:.2f}x" if base > 0 else "n/a"
-
-
 def rss_ratio(variant: Variant, base: Variant) -> float:
     return variant.result.peak / max(base.result.peak, 1)
 

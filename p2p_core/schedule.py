@@ -42,10 +42,6 @@ class Window:
         """
         return self.contains(step, steps + 1)
 
-    @property
-    def empty(self) -> bool:
-        return self.end <= self.start
-
 
 def _first_step(fraction: float, steps: int) -> int:
     # The epsilon keeps 0.3 * 10 = 3.0000000000000004 and 0.29 * 100 = 28.999999999999996 on the integer.
