@@ -112,7 +112,7 @@ class Run:
 
     steps: int
     latent: tuple[int, int]
-    prompts: tuple[PromptTokens, ...] = ()
+    prompts: tuple[PromptTokens, ...]
 
 
 class Shared:

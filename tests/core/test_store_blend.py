@@ -101,9 +101,9 @@ def test_self_attention_recorder_has_its_own_window_and_is_reset():
     assert recorder.recording_self(0, 10) == (own,) and recorder.recording_self(6, 10) == ()
     assert own not in recorder.recording(0, 10)
     own.add(0, torch.rand(1, 4, 4).softmax(-1), (2, 2))
-    recorder.shared.run = Run(10, (8, 8))
+    recorder.shared.run = Run(10, (8, 8), ())
     recorder.reset()
-    assert own.rows() == [] and recorder.run == Run(10, (8, 8))
+    assert own.rows() == [] and recorder.run == Run(10, (8, 8), ())
 
 
 def test_extended_recorders_share_what_they_record():
@@ -125,7 +125,7 @@ def test_a_checkpoint_resumes_exactly_what_was_recorded():
     recorder.store.add(0, maps, (2, 3))
     recorder.blend.add(0, maps, (2, 3))
     recorder.shared.masks = torch.tensor([[[True, False]]])
-    recorder.shared.run = Run(10, (4, 6))
+    recorder.shared.run = Run(10, (4, 6), ())
     recorder.checkpoint(4, 10)
     before = recorder.store.mean(0).clone()
     recorder.store.add(0, torch.rand(2, 6, 5).softmax(-1), (2, 3))
