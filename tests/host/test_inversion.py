@@ -94,10 +94,11 @@ def test_negative_prompt_inversion_beats_plain_ddim_inversion(p2p, family):
     assert reconstruction_error(p2p, family, "negative-prompt") * 3 < plain_ddim_error(p2p, family)
 
 
-def test_negative_prompt_inversion_of_a_long_prompt_samples_with_a_negative_run_on_its_own(p2p):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
+def test_negative_prompt_inversion_of_a_long_prompt_samples_with_a_negative_run_on_its_own(p2p, dtype):
     """A prompt of five chunks is more than 4 times as long as the empty negative, so ComfyUI runs the negative
     on its own; the inversion's context (the prompt) must still take its place there."""
-    model, clip = gentle("sd1")
+    model, clip = gentle("sd1", dtype)
     prompt = " ".join(["cat"] * 350)
     inverted, latent = invert(p2p, model, clip, "negative-prompt", prompt=prompt)
     assert encode(clip, prompt)[0][0].shape[1] == 5 * 77
