@@ -1,4 +1,4 @@
-"""The ComfyUI adapter: the only part of the pack that imports comfy."""
+"""The ComfyUI adapter between ComfyUI's node API and p2p_core (which never imports comfy)."""
 
 from . import blend_nodes, edit_nodes, inversion_nodes, store_nodes, token_preview, toy_nodes
 from .inputs import refuse_bad_numbers

@@ -221,8 +221,9 @@ class Reweight:
     """Scale chosen words' attention, alone or on top of the last edit."""
 
     DESCRIPTION = ("Prompt-to-Prompt attention reweighting: scale how much chosen words act on the image "
-                   "(e.g. 'fluffy' x3, or -1 to weaken it), during the cross-attention window. Alone it adds a "
-                   "row that repeats the source prompt; after a Replace/Refine edit it reweights that edit.")
+                   "(e.g. 'fluffy' x3, x0.5 to weaken it, or negative to push it away), during the "
+                   "cross-attention window. Alone it adds a row that repeats the source prompt; after a "
+                   "Replace/Refine edit it reweights that edit.")
     CATEGORY = CATEGORY
     RETURN_TYPES = RETURN_TYPES
     RETURN_NAMES = RETURN_NAMES

@@ -39,7 +39,8 @@ class DemoModelLoader:
     def load(self) -> tuple:
         if not MODEL_FILE.is_file():
             raise PromptToPromptError(f"The demo model file {MODEL_FILE} is gone (it was there when ComfyUI "
-                                      "started). Put it back, or train it with `python -m toy.train`.")
+                                      "started). Put it back, or train one with `COMFYUI_PATH=<ComfyUI> python "
+                                      "-m toy.train --work <folder>` in the pack's folder (toy/MODEL.md).")
         try:
             model, clip, vae, _ = toy_model.load(MODEL_FILE)
         except ValueError as error:

@@ -6,7 +6,7 @@ latent scale), an SD1-shaped ``UNetModel`` with cross-attention at every level (
 eps prediction. So every node of the pack, and every stock ComfyUI node, treats it exactly as a real checkpoint.
 
 The file is a ``.safetensors`` with three prefixes (``unet.``, ``clip.``, ``vae.``) and the shapes in its
-metadata. CLIP's token embedding has 49408 rows of which the toy grammar uses a few dozen: the file keeps only
+metadata. CLIP's token embedding has 49408 rows of which the toy grammar uses 18: the file keeps only
 those (``clip.token_ids``, ``clip.token_rows``) and the loader gives every other token a zero vector, which keeps
 the file far under its 20 MB budget.
 """

@@ -29,7 +29,8 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 BACKGROUNDS: dict[str, tuple[int, int, int]] = {"white": (245, 245, 245), "black": (15, 15, 15),
                                                 "gray": (128, 128, 128)}
 #: The backgrounds the demo model was trained to draw on. Its VAE, trained on all three, drew small shapes on
-#: gray too poorly to learn from (30 % of them misread, against 2 % on white or black; README, "The toy world").
+#: gray too poorly to learn from (30 % of them misread, against 2 % on white or black; toy/MODEL.md,
+#: "Choices made on the way").
 MODEL_BACKGROUNDS = ("white", "black")
 SHAPES = ("circle", "square", "triangle")
 #: Width of an object's bounding box in pixels: 6 and 3.5 latent pixels after the VAE's 8x downsampling.

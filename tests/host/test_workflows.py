@@ -45,6 +45,19 @@ def test_example_saves_a_value_for_every_widget_of_the_pack(path):
             assert len(node["widgets_values"]) == widget_slots(nodes.NODE_CLASS_MAPPINGS[node["type"]]), node
 
 
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_example_lists_every_output_of_the_pack_nodes_in_order(path):
+    """A saved node whose outputs are out of date loads with outputs the node no longer has in that slot."""
+    pack.load()
+    import nodes
+
+    for node in json.loads(path.read_text())["nodes"]:
+        if node["type"] in PACK_NODES:
+            node_class = nodes.NODE_CLASS_MAPPINGS[node["type"]]
+            expected = list(zip(node_class.RETURN_NAMES, node_class.RETURN_TYPES))
+            assert [(o["name"], o["type"]) for o in node["outputs"]] == expected, node["type"]
+
+
 def test_a_widget_missing_from_an_older_file_gets_its_default():
     """The front end gives a widget added after a file was saved its default; so must the command line."""
     pack.load()
