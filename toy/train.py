@@ -271,7 +271,7 @@ def resume(path: Path, state: dict[str, Any], parts: tuple[tuple[Any, str], ...]
 
 def train_unet(config: model.ToyConfig, data: dict[str, torch.Tensor], clip, steps: int, batch: int, seed: int,
                checkpoint: Path, snapshot: Callable[[torch.nn.Module, torch.nn.Module], None], bf16: bool,
-               learning_rate: float = LEARNING_RATE, start_from: Path | None = None
+               learning_rate: float = LEARNING_RATE, start_from: Path | None = None, blank_padding: float = 0.0
                ) -> tuple[torch.nn.Module, torch.nn.Module]:
     """Eps-prediction on SD's schedule with offset noise, min-SNR-5 weighted, captions dropped 10 % of the time
     (for cfg), EMA. ``bf16`` runs the forward pass under CPU bf16 autocast (weights and optimiser stay fp32).
@@ -280,6 +280,11 @@ def train_unet(config: model.ToyConfig, data: dict[str, torch.Tensor], clip, ste
     ``start_from``, another run's checkpoint, gives the networks and their EMA to start from (a second cycle
     with a fresh optimiser). ``snapshot`` gets the EMA networks every 1000 steps, so a usable model exists long
     before the end.
+
+    ``blank_padding``: the share of captions whose text-encoder output from the end token on is replaced by the
+    empty caption's. The encoder is causal, as CLIP is, so that padding sums up the whole caption; a UNet that
+    reads the objects from it gives the words' own attention maps little hold, and reweighting or refining a
+    word does little. Blanked, the padding says nothing, and the objects must be read from their words.
     """
     base = model.build_unet(config)
     unet, text = base.diffusion_model, model.text_encoder(clip)
@@ -319,13 +324,19 @@ def train_unet(config: model.ToyConfig, data: dict[str, torch.Tensor], clip, ste
         latent, tokens = next(stream)
         drop = torch.rand(batch, generator=generator) < UNCONDITIONAL
         tokens = torch.where(drop[:, None], empty, tokens)
+        blank = torch.rand(batch, generator=generator) < blank_padding if blank_padding else None
         t = torch.randint(0, len(alphas), (batch,), generator=generator)
         noise = torch.randn(latent.shape, generator=generator)
         noise += OFFSET_NOISE * torch.randn((batch, latent.shape[1], 1, 1), generator=generator)
         a = alphas[t].view(-1, 1, 1, 1)
         noisy = a.sqrt() * latent + (1 - a).sqrt() * noise
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            context = text(tokens.tolist())[0]
+            if blank is None:
+                context = text(tokens.tolist())[0]
+            else:
+                context = text([*tokens.tolist(), empty.tolist()])[0]
+                padding = blank[:, None] & ((tokens == empty[1]).cumsum(1) > 0)  # from the end token on
+                context = torch.where(padding[..., None], context[-1:], context[:-1])
             predicted = unet(noisy, timesteps=t.float(), context=context).float()
         snr = alphas[t] / (1 - alphas[t])
         weight = snr.clamp(max=5) / snr
@@ -391,6 +402,17 @@ def at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def share(text: str) -> float:
+    """An argparse type: a share from 0 to 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a share from 0 to 1, like 0.5")
+    return value
+
+
 def widths(text: str) -> tuple[int, ...]:
     """An argparse type: the UNet's channels at its three levels (16x16, 8x8, 4x4 latents), e.g. ``32,64,128``.
     Each a multiple of 32 (its GroupNorms have 32 groups) and of the first (ComfyUI's UNet counts levels in
@@ -447,6 +469,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="name the background first in every second training caption ('on a white background, "
                              "a big red circle'), so that the background word's attention map lies around the "
                              "objects")
+    parser.add_argument("--blank-padding", type=share, default=0.0,
+                        help="the share of training captions (0-1) whose padding, from the end token on, is "
+                             "replaced by the empty caption's, so that the UNet reads each object from its own words "
+                             "and reweighting or refining a word moves it (default 0)")
     parser.add_argument("--vae-from", type=Path,
                         help="a demo-model file whose VAE this run uses instead of training one (skips the VAE and "
                              "decoder phases; for a --work that has no VAE yet)")
@@ -542,15 +568,18 @@ def main(argv: list[str] | None = None) -> None:
         if not start.exists():
             torch.save(file_networks(args.finetune, config, clip, args.seed + 13), start)
         snapshot(*train_unet(config, data, clip, args.unet_steps, args.batch, args.seed + 12,
-                             args.work / "finetune.pt", snapshot, bf16, FINETUNE_LEARNING_RATE, start))
+                             args.work / "finetune.pt", snapshot, bf16, FINETUNE_LEARNING_RATE, start,
+                             args.blank_padding))
     else:
         first = args.work / "unet.pt"
-        snapshot(*train_unet(config, data, clip, args.unet_steps, args.batch, args.seed + 4, first, snapshot, bf16))
+        snapshot(*train_unet(config, data, clip, args.unet_steps, args.batch, args.seed + 4, first, snapshot, bf16,
+                             blank_padding=args.blank_padding))
         if args.second_steps:
             more = scenes_file("scenes2.pt", args.scenes, args.seed + 7)
             data = {key: torch.cat([data[key], more[key]]) for key in data}
             snapshot(*train_unet(config, data, clip, args.second_steps, args.batch, args.seed + 8,
-                                 args.work / "unet2.pt", snapshot, bf16, SECOND_LEARNING_RATE, first))
+                                 args.work / "unet2.pt", snapshot, bf16, SECOND_LEARNING_RATE, first,
+                                 args.blank_padding))
     size = args.output.stat().st_size / 2 ** 20
     print(f"wrote {args.output} ({size:.1f} MiB) after {(time.time() - began) / 60:.1f} min", flush=True)
     scores = caption_accuracy(args.output, args.evaluate, args.seed + 5)

@@ -44,6 +44,46 @@ def test_a_scene_mix_that_cannot_be_drawn_stops_training_before_it_starts(flag, 
     assert not list(tmp_path.iterdir()), "nothing may be trained or written"
 
 
+@pytest.mark.parametrize("value", ["1.5", "-0.1", "x", "nan"])
+def test_a_blank_padding_share_outside_0_to_1_stops_training_before_it_starts(value, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        train.main(["--work", str(tmp_path), "--blank-padding", value])
+    assert stop.value.code == 2
+    message = capsys.readouterr().err
+    assert "--blank-padding" in message and "share from 0 to 1" in message, message
+    assert not list(tmp_path.iterdir()), "nothing may be trained or written"
+
+
+@pytest.mark.parametrize("blank_padding", [0.0, 1.0])
+def test_blank_padding_gives_the_unet_the_empty_captions_padding_and_keeps_the_words(blank_padding, tmp_path,
+                                                                                     monkeypatch):
+    """The UNet's context in a training step: blanked, every caption's padding (from the end token on) is the same,
+    the empty caption's, while its words still differ; not blanked, a causal encoder's padding sums up each
+    caption and differs too."""
+    model = pack.module("toy.model")
+    config, contexts = model.ToyConfig(), []
+    build = model.build_unet
+
+    def watched(config):
+        base = build(config)
+        base.diffusion_model.register_forward_pre_hook(
+            lambda _, args, kwargs: contexts.append(kwargs["context"].detach()), with_kwargs=True)
+        return base
+
+    monkeypatch.setattr(train.model, "build_unet", watched)
+    monkeypatch.setattr(train, "UNCONDITIONAL", 0.0)
+    clip = model.build_clip(config)
+    captions = ["a big red circle on a white background", "a small blue square and a big green triangle"]
+    data = {"mean": torch.zeros(2, 4, 16, 16), "std": torch.zeros(2, 4, 16, 16),
+            "tokens": torch.tensor([train.token_ids(clip, c) for c in captions])}
+    train.train_unet(config, data, clip, 1, 8, 0, tmp_path / "unet.pt", lambda *_: None, False,
+                     blank_padding=blank_padding)
+    (context,) = contexts
+    words, padding = context[:, 1:8], context[:, 16:]  # both captions end before token 16
+    assert not torch.equal(words.amin(0), words.amax(0)), "the two captions' words must differ"
+    assert torch.equal(padding.amin(0), padding.amax(0)) == (blank_padding == 1.0), blank_padding
+
+
 @pytest.mark.parametrize("counts, objects", [((0, 0, 1), {3}), ((1, 0, 0), {1}), ((0, 2, 1), {2, 3})])
 def test_counts_weigh_the_scenes_by_their_number_of_objects(counts, objects):
     scenes = pack.module("toy.scenes")
@@ -156,7 +196,9 @@ def test_finetune_starts_from_the_files_networks_at_its_learning_rate_and_writes
     shipped = pack.module("nodes.toy_nodes").MODEL_FILE
     started, saved = [], []
 
-    def record(config, data, clip, steps, batch, seed, checkpoint, snapshot, bf16, learning_rate, start_from):
+    def record(config, data, clip, steps, batch, seed, checkpoint, snapshot, bf16, learning_rate, start_from,
+               blank_padding):
+        assert blank_padding == 0.25
         started.append((checkpoint.name, steps, learning_rate, torch.load(start_from, weights_only=False)))
         snapshot(None, None)
         raise Stop
@@ -165,7 +207,8 @@ def test_finetune_starts_from_the_files_networks_at_its_learning_rate_and_writes
     monkeypatch.setattr(train.model, "save", lambda path, *args: saved.append(path))
     monkeypatch.setattr(train, "vae_psnr", lambda *args: 0.0)
     with pytest.raises(Stop):
-        train.main(["--work", str(tmp_path), "--finetune", str(shipped), "--scenes", "1", "--unet-steps", "7"])
+        train.main(["--work", str(tmp_path), "--finetune", str(shipped), "--scenes", "1", "--unet-steps", "7",
+                    "--blank-padding", "0.25"])
     (name, steps, learning_rate, state), = started
     assert (name, steps, learning_rate) == ("finetune.pt", 7, train.FINETUNE_LEARNING_RATE)
     assert saved == [tmp_path / shipped.name], "a fine-tune writes into --work, never over the file it starts from"
