@@ -282,9 +282,10 @@ def train_unet(config: model.ToyConfig, data: dict[str, torch.Tensor], clip, ste
     before the end.
 
     ``blank_padding``: the share of captions whose text-encoder output from the end token on is replaced by the
-    empty caption's. The encoder is causal, as CLIP is, so that padding sums up the whole caption; a UNet that
-    reads the objects from it gives the words' own attention maps little hold, and reweighting or refining a
-    word does little. Blanked, the padding says nothing, and the objects must be read from their words.
+    empty caption's. The encoder is causal, as CLIP is, so that padding sums up the whole caption, and a UNet may
+    read the objects from it rather than from their words, whose maps the edits act on; blanked, the padding
+    says nothing. An experiment (toy/MODEL.md): on the wide UNet, half blanked, a negative weight shrank the
+    circle where it had not, but a large one still did not grow it.
     """
     base = model.build_unet(config)
     unet, text = base.diffusion_model, model.text_encoder(clip)
@@ -472,7 +473,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--blank-padding", type=share, default=0.0,
                         help="the share of training captions (0-1) whose padding, from the end token on, is "
                              "replaced by the empty caption's, so that the UNet reads each object from its own words "
-                             "and reweighting or refining a word moves it (default 0)")
+                             "(default 0; toy/MODEL.md says what it did)")
     parser.add_argument("--vae-from", type=Path,
                         help="a demo-model file whose VAE this run uses instead of training one (skips the VAE and "
                              "decoder phases; for a --work that has no VAE yet)")
