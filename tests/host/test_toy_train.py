@@ -31,12 +31,12 @@ def test_a_bad_argument_stops_training_before_it_starts_naming_its_flag(flag, va
     assert not list(tmp_path.iterdir()), "nothing may be trained or written"
 
 
-@pytest.mark.parametrize("blank_padding", [0.0, 1.0])
-def test_blank_padding_gives_the_unet_the_empty_captions_padding_and_keeps_the_words(blank_padding, tmp_path,
+@pytest.mark.parametrize("blank_padding, bf16", [(0.0, False), (1.0, False), (0.0, True), (1.0, True)])
+def test_blank_padding_gives_the_unet_the_empty_captions_padding_and_keeps_the_words(blank_padding, bf16, tmp_path,
                                                                                      monkeypatch):
     """The UNet's context in a training step: blanked, every caption's padding (from the end token on) is the same,
     the empty caption's, while its words still differ; not blanked, a causal encoder's padding sums up each
-    caption and differs too."""
+    caption and differs too. Also under the bf16 autocast that training uses where the CPU computes bf16."""
     model = pack.module("toy.model")
     config, contexts = model.ToyConfig(), []
     build = model.build_unet
@@ -53,7 +53,7 @@ def test_blank_padding_gives_the_unet_the_empty_captions_padding_and_keeps_the_w
     captions = ["a big red circle on a white background", "a small blue square and a big green triangle"]
     data = {"mean": torch.zeros(2, 4, 16, 16), "std": torch.zeros(2, 4, 16, 16),
             "tokens": torch.tensor([train.token_ids(clip, c) for c in captions])}
-    train.train_unet(config, data, clip, 1, 8, 0, tmp_path / "unet.pt", lambda *_: None, False,
+    train.train_unet(config, data, clip, 1, 8, 0, tmp_path / "unet.pt", lambda *_: None, bf16,
                      blank_padding=blank_padding)
     (context,) = contexts
     words, padding = context[:, 1:8], context[:, 16:]  # both captions end before token 16
