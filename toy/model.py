@@ -26,7 +26,8 @@ VOCAB_SIZE = 49408
 
 @dataclass(frozen=True)
 class ToyConfig:
-    """Widths of the three networks (defaults: the shipped model)."""
+    """Widths of the three networks (defaults: the first, narrow demo model; the shipped one's UNet is 64-64-128,
+    and every file records its own)."""
 
     text_width: int = 64
     text_layers: int = 3

@@ -4,7 +4,8 @@ one-cycle schedules (the second on twice the scenes at half the peak learning ra
     COMFYUI_PATH=/path/to/ComfyUI python -m toy.train --work /tmp/toy --output toy/prompt_to_prompt_toy.safetensors
 
 The shipped file is such a run with ``--unet-widths 64,64,128 --second-steps 6000``, fine-tuned twice with
-``--finetune --background-first --blank-padding 0.5`` (toy/MODEL.md gives every command).
+``--finetune FILE --scenes 8000 --background-first --blank-padding 0.5`` (``--unet-steps`` 1500, then 2500;
+toy/MODEL.md gives every command).
 
 Seeded and resumable: every phase leaves its result in --work (VAE weights, encoded scenes, UNet checkpoints),
 so a rerun continues where the last one stopped. The last phase loads the written file the way the loader node

@@ -1,7 +1,7 @@
 """The demo model's file format and loader, and `python <pack> demo`, on a random-weight demo model.
 
-These check the wiring with random weights in the shipped model's layout, so they hold for any trained file;
-test_toy_world.py measures what the shipped model does.
+These check the wiring with random weights in the shipped model's layout (its widths, read from the file), so
+they hold for any trained file; test_toy_world.py measures what the shipped model does.
 """
 
 from __future__ import annotations
@@ -20,11 +20,15 @@ from PIL import Image
 tiny.import_comfy()
 
 
+def shipped_config():
+    return pack.module("toy.model").read(pack.module("nodes.toy_nodes").MODEL_FILE)[0]
+
+
 @pytest.fixture(scope="module")
 def demo_file(tmp_path_factory) -> Path:
-    """A demo-model file with random weights in the shipped layout (toy.model.ToyConfig's defaults)."""
+    """A demo-model file with random weights in the shipped file's layout."""
     model, train = pack.module("toy.model"), pack.module("toy.train")
-    config = model.ToyConfig()
+    config = shipped_config()
     unet, clip, autoencoder = model.build_unet(config), model.build_clip(config), model.build_autoencoder(config)
     for seed, network in enumerate((unet.diffusion_model, model.text_encoder(clip).transformer, autoencoder)):
         train.initialise(network, seed)
@@ -40,7 +44,7 @@ def test_demo_model_file_is_small_and_loads_back_as_an_sd15_model(demo_file):
     toy_model = pack.module("toy.model")
     assert demo_file.stat().st_size <= 20 * 10 ** 6
     config, parts = toy_model.read(demo_file)
-    assert config == toy_model.ToyConfig()
+    assert config == shipped_config()
     model, clip, vae, _ = toy_model.load(demo_file)
     assert isinstance(model.model.model_config, comfy.supported_models.SD15)
     assert vae.downscale_ratio == 8 and vae.latent_channels == 4
