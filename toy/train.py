@@ -205,6 +205,44 @@ def token_ids(clip, caption: str) -> list[int]:
     return [token for token, _ in clip.tokenize(caption)["l"][0]]
 
 
+def used_tokens(data: dict[str, torch.Tensor], clip) -> list[int]:
+    """The tokens of the scenes' captions and of the empty one: all the text encoder ever reads in training."""
+    return sorted({int(t) for t in data["tokens"].unique()} | set(token_ids(clip, "")))
+
+
+class CaptionRows:
+    """The token-embedding rows the captions use, trained in place of CLIP's whole table of 49408.
+
+    ComfyUI's CLIP embeds each caption of a batch on its own, so training the table made its 12.6 MB gradient
+    dense once per caption (32 times a step), and AdamW and the EMA swept 3.2 M entries, where the grammar uses
+    18 rows and every other row's gradient is zero. A forward hook on the table reads these rows instead: the
+    same updates (AdamW without weight decay leaves a row of zero gradients where it is), a tenth less time a
+    step (toy/MODEL.md). ``write`` puts them and their EMA back into the tables, which files and checkpoints keep.
+    """
+
+    def __init__(self, text: torch.nn.Module, ema_text: torch.nn.Module, ids: list[int]) -> None:
+        self.tables = (text.transformer.get_input_embeddings(), ema_text.transformer.get_input_embeddings())
+        self.ids = torch.tensor(ids)
+        self.rows = torch.nn.Parameter(self.tables[0].weight[self.ids].clone())
+        self.average = self.tables[1].weight[self.ids].clone()
+        lookup = torch.full((self.tables[0].num_embeddings,), len(ids))
+        lookup[self.ids] = torch.arange(len(ids))
+        self.tables[0].weight.requires_grad_(False)
+        self.hook = self.tables[0].register_forward_hook(
+            lambda _, inputs, out: self.rows[lookup[inputs[0]]].to(out.dtype))
+
+    def read(self) -> None:
+        """Take the rows from the tables (after a checkpoint or a start file was loaded into them)."""
+        with torch.no_grad():
+            self.rows.copy_(self.tables[0].weight[self.ids])
+            self.average.copy_(self.tables[1].weight[self.ids])
+
+    def write(self) -> None:
+        with torch.no_grad():
+            self.tables[0].weight[self.ids] = self.rows
+            self.tables[1].weight[self.ids] = self.average
+
+
 def batches(data: dict[str, torch.Tensor], size: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     generator = torch.Generator().manual_seed(seed)
     while True:
@@ -306,11 +344,15 @@ def train_unet(config: model.ToyConfig, data: dict[str, torch.Tensor], clip, ste
             # ComfyUI's CLIP layers add residuals in place (x += ...), which autograd refuses when x was saved by
             # the layer norm; a copy of its input keeps inference code untouched and makes training legal.
             layer.register_forward_pre_hook(lambda _, inputs: tuple(x.clone() for x in inputs))
-    parameters = [*unet.parameters(), *text.transformer.parameters()]
+    ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text).requires_grad_(False)
+    rows = CaptionRows(text, ema_text, used_tokens(data, clip))
+    trained = [(mine, average) for network, ema in ((unet, ema_unet), (text.transformer, ema_text.transformer))
+               for mine, average in zip(network.parameters(), ema.parameters()) if mine.requires_grad]
+    trained.append((rows.rows, rows.average))
+    parameters = [mine for mine, _ in trained]
     optimiser = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, learning_rate, total_steps=steps, pct_start=0.03,
                                                    final_div_factor=10)
-    ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text).requires_grad_(False)
     first = 1
     networks = ((unet, "unet"), (text, "text"), (ema_unet, "ema_unet"), (ema_text, "ema_text"))
     if checkpoint.exists():
@@ -320,6 +362,7 @@ def train_unet(config: model.ToyConfig, data: dict[str, torch.Tensor], clip, ste
         print(f"[{checkpoint.stem}] resuming at step {first}", flush=True)
     elif start_from is not None:
         resume(start_from, torch.load(start_from, weights_only=False), networks)
+    rows.read()
     alphas = 1 / (1 + base.model_sampling.sigmas.float() ** 2)
     empty = torch.tensor(token_ids(clip, ""))
     stream = batches(data, batch, seed + first)
@@ -353,13 +396,13 @@ def train_unet(config: model.ToyConfig, data: dict[str, torch.Tensor], clip, ste
         schedule.step()
         decay = min(EMA, (1 + step) / (10 + step))
         with torch.no_grad():
-            for mine, average in ((unet, ema_unet), (text, ema_text)):
-                for p, q in zip(mine.parameters(), average.parameters()):
-                    q.lerp_(p, 1 - decay)
+            for mine, average in trained:
+                average.lerp_(mine, 1 - decay)
         running = 0.99 * running + 0.01 * loss.item() if step > first else loss.item()
         if step % 100 == 0 or step == steps:
             progress(checkpoint.stem, step - first + 1, steps - first + 1, start, running)
         if step % 500 == 0 or step == steps:
+            rows.write()  # the snapshots (every 1000 steps) and the networks returned read them there too
             state = {"step": step, "unet": unet.state_dict(), "text": text.state_dict(),
                      "ema_unet": ema_unet.state_dict(), "ema_text": ema_text.state_dict(),
                      "optimiser": optimiser.state_dict(), "schedule": schedule.state_dict()}
@@ -367,6 +410,7 @@ def train_unet(config: model.ToyConfig, data: dict[str, torch.Tensor], clip, ste
             checkpoint.with_suffix(".tmp").replace(checkpoint)
         if step % 1000 == 0:
             snapshot(ema_unet, ema_text)
+    rows.hook.remove()  # the CLIP is the caller's, and a second cycle trains it again
     return ema_unet.eval(), ema_text.eval()
 
 
@@ -559,7 +603,7 @@ def main(argv: list[str] | None = None) -> None:
         data = scenes_file("scenes.pt", args.scenes, args.seed + 3)
     else:
         data = scenes_file("finetune_scenes.pt", args.scenes, args.seed + 11)
-    used = sorted({int(t) for t in data["tokens"].unique()} | set(token_ids(clip, "")))
+    used = used_tokens(data, clip)
 
     autoencoder.load_state_dict(torch.load(decoder_file))
 

@@ -61,6 +61,31 @@ def test_blank_padding_gives_the_unet_the_empty_captions_padding_and_keeps_the_w
     assert torch.equal(padding.amin(0), padding.amax(0)) == (blank_padding == 1.0), blank_padding
 
 
+def test_training_moves_the_captions_token_rows_in_the_tables_files_keep_and_no_other_row(tmp_path):
+    """Training reads the captions' token rows through a hook (CaptionRows), not CLIP's whole table: their updates
+    must reach the tables that checkpoints and files keep (the network's and its EMA's), every other row stays
+    as initialised, and the caller's CLIP is left without the hook."""
+    model = pack.module("toy.model")
+    config = model.ToyConfig()
+    clip = model.build_clip(config)
+    captions = ["a big red circle on a white background", "a small blue square and a big green triangle"]
+    data = {"mean": torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0)),
+            "std": torch.zeros(2, 4, 16, 16), "tokens": torch.tensor([train.token_ids(clip, c) for c in captions])}
+    fresh = model.text_encoder(model.build_clip(config))
+    train.initialise(fresh.transformer, 1)  # what train_unet starts the text encoder from at seed 0
+    key = "transformer.text_model.embeddings.token_embedding.weight"
+    initial = fresh.state_dict()[key]
+    _, ema_text = train.train_unet(config, data, clip, 2, 8, 0, tmp_path / "unet.pt", lambda *_: None, False)
+    used = torch.tensor(train.used_tokens(data, clip))
+    unused = torch.ones(len(initial), dtype=torch.bool)
+    unused[used] = False
+    tables = {"EMA": ema_text.state_dict()[key], "checkpoint": torch.load(tmp_path / "unet.pt")["text"][key]}
+    for name, table in tables.items():
+        assert (table[used] != initial[used]).any(1).all(), f"{name}: every caption token's row must have moved"
+        assert torch.equal(table[unused], initial[unused]), f"{name}: rows no caption uses must stay"
+    assert not model.text_encoder(clip).transformer.get_input_embeddings()._forward_hooks
+
+
 @pytest.mark.parametrize("counts, objects", [((0, 0, 1), {3}), ((1, 0, 0), {1}), ((0, 2, 1), {2, 3})])
 def test_counts_weigh_the_scenes_by_their_number_of_objects(counts, objects):
     scenes = pack.module("toy.scenes")
