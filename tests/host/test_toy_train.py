@@ -61,10 +61,11 @@ def test_blank_padding_gives_the_unet_the_empty_captions_padding_and_keeps_the_w
     assert torch.equal(padding.amin(0), padding.amax(0)) == (blank_padding == 1.0), blank_padding
 
 
-def test_training_moves_the_captions_token_rows_in_the_tables_files_keep_and_no_other_row(tmp_path):
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
+def test_training_moves_the_captions_token_rows_in_the_tables_files_keep_and_no_other_row(bf16, tmp_path):
     """Training reads the captions' token rows through a hook (CaptionRows), not CLIP's whole table: their updates
     must reach the tables that checkpoints and files keep (the network's and its EMA's), every other row stays
-    as initialised, and the caller's CLIP is left without the hook."""
+    as initialised, and the caller's CLIP is left without the hook. Also under training's bf16 autocast."""
     model = pack.module("toy.model")
     config = model.ToyConfig()
     clip = model.build_clip(config)
@@ -75,7 +76,7 @@ def test_training_moves_the_captions_token_rows_in_the_tables_files_keep_and_no_
     train.initialise(fresh.transformer, 1)  # what train_unet starts the text encoder from at seed 0
     key = "transformer.text_model.embeddings.token_embedding.weight"
     initial = fresh.state_dict()[key]
-    _, ema_text = train.train_unet(config, data, clip, 2, 8, 0, tmp_path / "unet.pt", lambda *_: None, False)
+    _, ema_text = train.train_unet(config, data, clip, 2, 8, 0, tmp_path / "unet.pt", lambda *_: None, bf16)
     used = torch.tensor(train.used_tokens(data, clip))
     unused = torch.ones(len(initial), dtype=torch.bool)
     unused[used] = False
