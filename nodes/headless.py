@@ -8,6 +8,7 @@ size, input image), runs it with ComfyUI's PromptExecutor and reports the images
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import os
 from dataclasses import dataclass, field
@@ -148,6 +149,19 @@ def run(workflow: Path, overrides: Overrides, output: Path, node_classes: dict[s
     return [path for node in images.values() for kind, path in node if kind == "output"]
 
 
+def new_executor(server: Any) -> execution.PromptExecutor:
+    """A PromptExecutor with ComfyUI's classic cache (outputs dropped as soon as they are used).
+
+    Newer ComfyUI's executor takes `cache_args` and reads its RAM headroom from them on every run (no headroom
+    kept here: the classic cache frees nothing on pressure); older ones take neither. Asked of the class itself,
+    not of a version number, since forks and installs from source carry other numbers.
+    """
+    if "cache_args" in inspect.signature(execution.PromptExecutor).parameters:
+        return execution.PromptExecutor(server, cache_type=execution.CacheType.CLASSIC,
+                                        cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})
+    return execution.PromptExecutor(server, cache_type=execution.CacheType.CLASSIC)
+
+
 def execute(prompt: dict[str, dict], output: Path) -> dict[str, list[tuple[str, Path]]]:
     """Validate and run an API prompt with ComfyUI's executor, saving into ``output``.
 
@@ -162,7 +176,7 @@ def execute(prompt: dict[str, dict], output: Path) -> dict[str, list[tuple[str, 
     if not valid or node_errors:  # ComfyUI runs the valid outputs and drops the rest; a command must not
         details = "; ".join(f"{i}: {e}" for i, e in node_errors.items()) if node_errors else ""
         raise PromptToPromptError(f"The workflow is not valid: {error.get('message', error)} {details}".strip())
-    executor = execution.PromptExecutor(_Server(), cache_type=execution.CacheType.CLASSIC)
+    executor = new_executor(_Server())
     executor.execute(prompt, "cli", {}, list(outputs))
     failure = next((data for event, data in executor.status_messages if event == "execution_error"), None)
     if failure is not None:

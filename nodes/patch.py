@@ -127,8 +127,10 @@ class EditPatch:
     # --- sampling-run wrappers -------------------------------------------------------------------------
 
     def outer_sample(self, executor, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None,
-                     disable_pbar=False, seed=None):
-        """Check the wiring, place the run in its whole trajectory, and record and blend across it."""
+                     disable_pbar=False, seed=None, **kwargs):
+        """Check the wiring, place the run in its whole trajectory, and record and blend across it.
+
+        Keyword arguments this wrapper does not know (newer ComfyUI passes `latent_shapes=`) go on unchanged."""
         guider = executor.class_obj
         if self.plan.rows:
             self.check_lockstep(noise)
@@ -146,7 +148,7 @@ class EditPatch:
             if callback is not None:
                 callback(step, denoised, x, total_steps)
 
-        out = executor(noise, latent_image, sampler, sigmas, denoise_mask, sampled, disable_pbar, seed)
+        out = executor(noise, latent_image, sampler, sigmas, denoise_mask, sampled, disable_pbar, seed, **kwargs)
         recorder, run_steps = self.state.recorder, len(sigmas) - 1
         if not trajectory.ends_with(run_steps):
             self.stopped = [trajectory] + [t for t in self.stopped if t != trajectory][:7]
@@ -211,7 +213,7 @@ class EditPatch:
         finally:
             sampler.extra_options = options
 
-    def predict_noise(self, executor, x, timestep, model_options={}, seed=None):
+    def predict_noise(self, executor, x, timestep, model_options={}, seed=None, **kwargs):
         """Find this evaluation's step of the whole trajectory, and apply local blend as ComfyUI's inpainting
         does: the model sees the edited rows equal to the source outside their masks, and their predictions
         are taken from the source there."""
@@ -223,10 +225,10 @@ class EditPatch:
         model_options = {**model_options, "transformer_options": {**options, STEP_KEY: (step, steps)}}
         blend, recorder = self.state.blend, self.state.recorder
         if blend is None or not blend.active(step, steps):
-            return executor(x, timestep, model_options, seed)
+            return executor(x, timestep, model_options, seed, **kwargs)
         if recorder.last_masks is not None:
             x = blend_rows(x, recorder.last_masks)
-        denoised = executor(x, timestep, model_options, seed)
+        denoised = executor(x, timestep, model_options, seed, **kwargs)
         if not recorder.blend.rows():
             raise PromptToPromptError(
                 f"Local blend recorded no attention maps at level 1/{blend.level} by step {step}: the sampled "

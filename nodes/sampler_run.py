@@ -18,7 +18,7 @@ import torch
 from ..p2p_core.errors import PromptToPromptError
 from ..p2p_core.trajectory import Trajectory, continued, locate_run, step_index
 
-CORRECTOR_SAMPLERS = {"heun", "heunpp2"}
+CORRECTOR_SAMPLERS = {"heun", "heunpp2", "exp_heun_2_x0", "exp_heun_2_x0_sde"}
 """Samplers whose correctors evaluate the model at later schedule sigmas (see trajectory.StepClock)."""
 DISCARD_PENULTIMATE = {"dpm_2", "dpm_2_ancestral", "unipc", "unipc_bh2"}
 """KSampler computes these samplers' sigmas for one step more and drops the penultimate one."""

@@ -58,13 +58,15 @@ def _pieces(text: str, tokenizer: sd1_clip.SDTokenizer) -> list[str]:
                 raise PromptToPromptError(
                     f"The prompt '{text}' has '{marker}' without an embedding name after it; write "
                     f"{marker}<file name> or remove it.")
-            embedding, leftover = tokenizer._try_get_embedding(name)
+            # (embedding, leftover) in ComfyUI 0.3.x; (embedding, the name it looked up, leftover) since.
+            found = tokenizer._try_get_embedding(name)
+            embedding, used, leftover = found[0], found[1] if len(found) == 3 else words[0], found[-1]
             if embedding is None:
                 raise PromptToPromptError(
-                    f"The textual-inversion embedding '{words[0]}' of the prompt '{text}' was not found in "
+                    f"The textual-inversion embedding '{used}' of the prompt '{text}' was not found in "
                     f"{_folders(tokenizer.embedding_directory)}. Put its file (.safetensors, .pt or .bin) in "
                     f"ComfyUI/models/embeddings and restart ComfyUI, or correct the name after '{marker}'.")
-            pieces.extend(p for p in (marker + words[0], leftover) if p != "")
+            pieces.extend(p for p in (marker + used, leftover) if p != "")
     return pieces
 
 

@@ -148,8 +148,9 @@ class StepClock:
     """Which step of the whole trajectory each model evaluation of one sampler run belongs to.
 
     `sampled(i)` is the sampler's callback: run step i has made its first evaluation. For samplers whose
-    correctors evaluate at later schedule sigmas (heun, heunpp2), an evaluation after callback i belongs to step i
-    until it repeats a sigma already evaluated since then, which only the next step's own evaluation does.
+    correctors evaluate at later schedule sigmas (heun, heunpp2, exp_heun_2_x0), an evaluation after callback i
+    belongs to step i until it repeats a sigma already evaluated since then, which only the next step's own
+    evaluation does.
     """
 
     def __init__(self, trajectory: Trajectory, run: Sequence[float], correctors_at_schedule_sigmas: bool) -> None:
@@ -169,10 +170,16 @@ class StepClock:
 
     def step_at(self, sigma: float) -> int:
         """The whole-trajectory step of an evaluation at `sigma` (call once per evaluation, in order)."""
-        if self.correctors and self.last_sampled is not None and sigma not in self.seen:
+        if self.correctors and self.last_sampled is not None and not any(_same(sigma, s) for s in self.seen):
             self.seen.add(sigma)
             return self.trajectory.offset + self.last_sampled
         return self.trajectory.offset + step_index(sigma, self.run)
+
+
+def _same(a: float, b: float) -> bool:
+    """Whether two evaluations are at one sigma: exponential samplers (exp_heun_2_x0) reach the next schedule
+    sigma through log-SNR and back, a few float steps away from the value the next step evaluates at."""
+    return abs(a - b) <= 1e-4 * max(abs(a), abs(b))
 
 
 def step_index(sigma: float, schedule: Sequence[float]) -> int:

@@ -125,6 +125,14 @@ def test_heun_correctors_belong_to_their_step():
     assert run_clock(run, 0, events, correctors=False) == [0, 1, 1, 2, 2]  # what sigma alone would say
 
 
+def test_exponential_heun_correctors_a_float_step_off_the_next_sigma_belong_to_their_step():
+    """exp_heun_2_x0 reaches sigma i + 1 through log-SNR and back: its corrector evaluates a few float steps away
+    from the schedule value that step i + 1 then evaluates at, which is still step i + 1's own evaluation."""
+    run = [8.0, 4.0, 2.0, 0.0]
+    events = [8.0, ("cb", 0), 4.0000005, 4.0, ("cb", 1), 1.9999998, 2.0, ("cb", 2)]
+    assert run_clock(run, 0, events, correctors=True) == [0, 0, 1, 1, 2]
+
+
 def test_heunpp2_correctors_two_sigmas_ahead():
     run = [8.0, 4.0, 2.0, 1.0, 0.0]
     # steps 0-1 are Heun++ (two correctors), step 2 Heun (one), the last Euler (none), as sample_heunpp2 does

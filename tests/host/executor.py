@@ -12,6 +12,7 @@ import asyncio
 import atexit
 import gc
 import hashlib
+import inspect
 import logging
 import os
 import uuid
@@ -235,7 +236,11 @@ def _executor() -> Any:
         import execution
 
         _STATE["server"] = ServerStub()
-        _STATE["executor"] = execution.PromptExecutor(_STATE["server"], cache_type=execution.CacheType.CLASSIC)
+        # As ComfyUI's main.py makes it: newer executors read RAM headroom from cache_args on every run.
+        extra = {"cache_args": {"lru": 0, "ram": 0, "ram_inactive": 0}} \
+            if "cache_args" in inspect.signature(execution.PromptExecutor).parameters else {}
+        _STATE["executor"] = execution.PromptExecutor(_STATE["server"], cache_type=execution.CacheType.CLASSIC,
+                                                      **extra)
     return _STATE["executor"]
 
 

@@ -156,6 +156,32 @@ def test_a_word_missing_from_the_prompt_shows_a_warning_in_the_node(server, page
     close_up(page, screenshots() / "preview-warning.png")
 
 
+VUE_NODES = """async (on) => {
+  const settings = app.extensionManager.setting;
+  await settings.set("Comfy.VueNodes.Enabled", on);
+  return settings.get("Comfy.VueNodes.Enabled");
+}"""
+
+
+def test_token_previews_render_in_the_vue_node_renderer(server, page):
+    """The front end can draw nodes with its Vue renderer (the 'Nodes 2.0' setting, on by default in some newer
+    front ends): the token preview, a DOM widget, must appear inside the Vue-drawn node and show its tokens."""
+    workflow = json.loads((pack.REPO_ROOT / "example_workflows" / "replace_word_swap.json").read_text())
+    assert page.evaluate(VUE_NODES, True) is True
+    try:
+        page.evaluate("async (wf) => { await app.loadGraphData(wf); }", workflow)
+        page.wait_for_selector("[data-node-id] .p2p-token-preview[data-p2p-preview='ready']", timeout=60_000)
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(screenshots() / "vue_nodes_replace_word_swap.png"))
+        preview = page.locator("[data-node-id] .p2p-token-preview").first
+        assert preview.locator(".p2p-swapped").count() >= 1, preview.inner_html()[:2000]
+        assert preview.is_visible() and preview.locator(".p2p-legend").is_visible()
+        hidden = preview.evaluate("(el) => el.scrollHeight - el.clientHeight")
+        assert hidden <= 1, f"the preview hides {hidden} px of its rows in the Vue-drawn node"
+    finally:
+        page.evaluate(VUE_NODES, False)
+
+
 def test_command_line_runs_an_example_and_explains_a_missing_checkpoint(tmp_path):
     workflow = pack.REPO_ROOT / "example_workflows" / "replace_word_swap.json"
     command = [sys.executable, str(pack.REPO_ROOT), "run", str(workflow)]

@@ -270,7 +270,15 @@ def _model_config(family: str) -> Any:
     """A fresh ComfyUI model-config object for a tiny model of ``family``."""
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
-    return _config_classes()[family](_UNET_CONFIGS[family])
+    config = dict(_UNET_CONFIGS[family])
+    if family == "flux":
+        import dataclasses
+
+        from comfy.ldm.flux.model import FluxParams
+
+        if "txt_ids_dims" in {f.name for f in dataclasses.fields(FluxParams)}:
+            config["txt_ids_dims"] = []  # newer ComfyUI asks it of every Flux; Flux.1's text ids have none
+    return _config_classes()[family](config)
 
 
 def make_model(family: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> comfy.model_patcher.ModelPatcher:
