@@ -63,10 +63,11 @@ def _inputs(prompts: dict, extra_required: dict | None = None) -> dict:
                                              "it is repeated once per prompt. Default: an empty latent."}),
             "self_attention_layers": (list(SELF_LAYER_CHOICES), {
                 "default": "auto",
-                "tooltip": "Layers that share the source's self-attention. auto (the official code's choice): "
-                           "layers a quarter of the latent's side and smaller for generated images (16x16 at "
-                           "512x512), half and smaller for an inverted photo (32x32). all: every layer (locks fine "
-                           "structure; shape changes get weaker), half, quarter: those layers and smaller."}),
+                "tooltip": "Layers that share the source's self-attention. auto: layers a quarter of the "
+                           "latent's side and smaller for generated images, half and smaller for an inverted photo "
+                           "(at 512x512 the official code's 16x16 and 32x32; it counts pixels, so at 256 or 768 it "
+                           "picks other layers). all: every layer (locks fine structure; shape changes get "
+                           "weaker), half, quarter: those layers and smaller."}),
         },
     }
 

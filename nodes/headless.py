@@ -105,7 +105,8 @@ def _checkpoint(requested: str | None, named: str) -> str:
     if requested:
         path = Path(requested).expanduser()
         if path.is_file():
-            folder_paths.add_model_folder_path("checkpoints", str(path.resolve().parent))
+            # First among the folders ComfyUI searches, so a same-named file in models/checkpoints is not taken.
+            folder_paths.add_model_folder_path("checkpoints", str(path.resolve().parent), is_default=True)
             return path.name
         named = requested
     if named in folder_paths.get_filename_list("checkpoints"):

@@ -37,6 +37,8 @@ from .text import check_text_width, encode_prompt, tokenize_prompt
 from .unet import transformer_levels
 
 MODES = ("null-text", "negative-prompt", "direct")
+GUIDANCE_FUNCTIONS = ("sampler_cfg_function", "sampler_pre_cfg_function", "sampler_post_cfg_function")
+"""ModelPatcher options through which nodes change classifier-free guidance."""
 INVERTIBLE_SAMPLERS = {"euler"}  # ComfyUI's ddim sampler is euler too
 
 
@@ -96,6 +98,19 @@ class InversionPatch:
         """The sampler must replay the inversion: same schedule, no added noise, an euler/ddim step, the same
         guidance for null-text, and the conditioning the image was inverted with as the first positive row."""
         inv, guider = self.inversion, executor.class_obj
+        if set(guider.conds) - {"positive", "negative"}:
+            raise PromptToPromptError(
+                f"An inverted image is sampled back with the guidance it was inverted with, a positive and a "
+                f"negative prompt, but {type(guider).__name__} also evaluates "
+                f"{', '.join(sorted(set(guider.conds) - {'positive', 'negative'}))}. Sample it with "
+                "KSamplerAdvanced, or SamplerCustomAdvanced with CFGGuider.")
+        changed = [name for name in GUIDANCE_FUNCTIONS if guider.model_options.get(name)]
+        if inv.mode != "direct" and changed:
+            raise PromptToPromptError(
+                f"The {inv.mode} inversion is replayed by plain classifier-free guidance, but another node changes "
+                f"this model's guidance ({', '.join(changed)}: RescaleCFG, PerturbedAttentionGuidance, "
+                "SelfAttentionGuidance and the like), which reconstructs the photo worse. Remove that node from "
+                "the model sampled after NullTextInvert, or use the 'direct' mode, which any guidance replays.")
         if inv.mode == "null-text" and abs(guider.cfg - inv.cfg) > 1e-6:
             raise PromptToPromptError(
                 f"NullTextInvert optimised the image's null-text embeddings for cfg {inv.cfg:g}, but the sampler runs "

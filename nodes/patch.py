@@ -24,13 +24,22 @@ from ..p2p_core.edits import EditPlan, StepEdit
 from ..p2p_core.errors import PromptToPromptError
 from ..p2p_core.store import MapAccumulator, Recorder, Run
 from ..p2p_core.trajectory import StepClock, Trajectory
-from .sampler_run import CORRECTOR_SAMPLERS, sampler_name, shared_noise_sampler, whole_trajectory
+from .sampler_run import (
+    CORRECTOR_SAMPLERS,
+    check_edit_sampler,
+    named_scheduler,
+    sampler_name,
+    shared_noise_sampler,
+    whole_trajectory,
+)
 from .text import batch_conditioning
 from .unet import LayerKey, transformer_levels
 
 KEY = "prompt_to_prompt"
 INVERSION_KEY = "prompt_to_prompt_inversion"
 RUN_KEY = "prompt_to_prompt_run"
+POSITIVE_KEY = "prompt_to_prompt_positive"
+OWN_REPLACED_KEY = "prompt_to_prompt_model_replaced"
 STEP_KEY = "prompt_to_prompt_step"
 OVERRIDE = "optimized_attention_override"
 
@@ -70,7 +79,8 @@ class LayerCursor:
 @dataclass(frozen=True)
 class CallState:
     """One model call's step and work: per edited row its cross edit (on the call's device) and self
-    sharing, the accumulators recording cross- and self-attention at this step, and the text context length."""
+    sharing, the accumulators recording cross- and self-attention at this step, the text context length,
+    which of the call's conditioning chunks is the sampler's positive, and the layers a guidance pass replaced."""
 
     step: int
     steps: int
@@ -79,6 +89,8 @@ class CallState:
     recording: tuple[MapAccumulator, ...]
     recording_self: tuple[MapAccumulator, ...]
     context_tokens: int
+    positive: tuple[bool, ...]
+    replaced_for_guidance: frozenset
     cursor: LayerCursor = field(default_factory=LayerCursor)
 
 
@@ -134,10 +146,15 @@ class EditPatch:
         guider = executor.class_obj
         if self.plan.rows:
             self.check_lockstep(noise)
+            check_edit_sampler(sampler)
         self.check_positive(guider.conds.get("positive", []))
+        options = guider.model_options["transformer_options"]
+        options[POSITIVE_KEY] = self.positive_entries(guider)
+        options[OWN_REPLACED_KEY] = replaced_layers(options)
         model_sampling = guider.model_patcher.get_model_object("model_sampling")
         continuation = not bool(noise.any())
-        trajectory = whole_trajectory(model_sampling, sampler, sigmas, tuple(self.stopped) if continuation else ())
+        trajectory = whole_trajectory(model_sampling, sampler, sigmas, tuple(self.stopped) if continuation else (),
+                                      named_scheduler())
         clock = StepClock(trajectory, sigmas.tolist(), sampler_name(sampler) in CORRECTOR_SAMPLERS)
         run = Run(trajectory.steps, tuple(latent_image.shape[-2:]), self.plan.prompts)
         self.start_recording(trajectory, continuation, run)
@@ -157,6 +174,24 @@ class EditPatch:
         elif recorder is not None and recorder.last_masks is not None:
             out = blend_rows(out, recorder.last_masks)
         return out
+
+    def positive_entries(self, guider) -> frozenset:
+        """The ids of the guider's positive conditioning entries: a model call's chunks are told apart by the entry
+        each came from (ComfyUI's `uuids`), not by their place, which is the entry's index in the guider's own
+        list (DualCFGGuider evaluates [negative, middle, positive], so index 0 is its negative)."""
+        entries = guider.conds.get("positive")
+        if "empty_negative_prompt" in guider.conds and self.plan.rows:
+            raise PromptToPromptError(
+                f"{type(guider).__name__} (Perp-Neg) projects the negative prediction onto the positive over the "
+                "whole batch at once, so the source and edited rows would steer each other's guidance and the "
+                "source row would not be the picture its prompt gives alone. Sample the edit with KSampler, or "
+                "SamplerCustomAdvanced with CFGGuider or DualCFGGuider.")
+        if not entries and (self.plan.rows or self.state.recorder is not None):
+            raise PromptToPromptError(
+                f"The guider {type(guider).__name__} gives the model no 'positive' conditioning, so "
+                "Prompt-to-Prompt cannot tell which rows of its model calls hold the edit's prompts. Sample with "
+                "KSampler, or SamplerCustomAdvanced with CFGGuider, BasicGuider or DualCFGGuider.")
+        return frozenset(entry.get("uuid") for entry in entries or ())
 
     def check_lockstep(self, noise: torch.Tensor) -> None:
         rows = self.plan.num_rows
@@ -256,7 +291,8 @@ class EditPatch:
         state = CallState(step, steps, cross, tuple(row.shares_self_attention(step, steps) for row in rows),
                           recorder.recording(step, steps) if recorder is not None else (),
                           recorder.recording_self(step, steps) if recorder is not None else (),
-                          c_crossattn.shape[1] if c_crossattn is not None else 0)
+                          c_crossattn.shape[1] if c_crossattn is not None else 0, positive_chunks(transformer_options),
+                          replaced_layers(transformer_options) - transformer_options.get(OWN_REPLACED_KEY, frozenset()))
         out = executor(x, t, c_concat, c_crossattn, control, {**transformer_options, KEY: state}, **kwargs)
         self.check_served(state.cursor)
         return out
@@ -278,7 +314,10 @@ class EditPatch:
         block = extra_options["block"]
         key = (block[0], block[1], extra_options.get("block_index", 0))
         level = self.levels.get(key, 0)
-        if kind == "self":
+        attention = ATTENTION[kind]
+        if any((attention, k) in state.replaced_for_guidance for k in (key, key[:2])):
+            busy = False  # a guidance pass's perturbed layer (PAG): that pass runs unedited there
+        elif kind == "self":
             busy = any(shares and row.shares_self_attention_at(level)
                        for shares, row in zip(state.shares_self, self.plan.rows))
             busy = busy or any(a.level == level for a in state.recording_self)
@@ -291,10 +330,11 @@ class EditPatch:
         if cursor.busy and not cursor.served:
             kind = "self-attention (attn1)" if cursor.kind == "self" else "cross-attention (attn2)"
             raise PromptToPromptError(
-                f"Another node replaced the {kind} of layer {cursor.key} with its own computation, which does not "
-                "go through ComfyUI's attention function, so the Prompt-to-Prompt edit cannot act there (nodes "
-                "such as Self-Attention Guidance do this). Remove that node from this model, or apply it to a "
-                "model that is not sampled with Prompt-to-Prompt.")
+                f"Another node replaced the {kind} of layer {cursor.key} with an attention patch whose attention "
+                "never reaches ComfyUI's attention hook with the model's options: it computes attention itself "
+                "(Self-Attention Guidance), or calls ComfyUI's attention without its transformer_options "
+                "(IPAdapter Plus), so the Prompt-to-Prompt edit cannot act there. Remove that node from this "
+                "model, or apply it to a model that is not sampled with Prompt-to-Prompt.")
 
     # --- the attention override ----------------------------------------------------------------------------
 
@@ -319,45 +359,44 @@ class EditPatch:
 
     def cross_attention(self, q, k, v, heads, state: CallState, options: dict, fused):
         edits = [(source, row, state.cross[i], self.plan.rows[i].prompt.length)
-                 for source, row, i in self.row_pairs(options, q.shape[0]) if state.cross[i] is not None]
-        record, recorder = self.recorder_at(state.recording, state.cursor.level, options, q.shape[0])
+                 for source, row, i in self.row_pairs(state, q.shape[0]) if state.cross[i] is not None]
+        record, recorder = self.recorder_at(state.recording, state, options, q.shape[0])
         return cross_attention(q, k, v, heads, edits, self.plan.source.length, fused, record=record,
                                recorder=recorder)
 
     def self_attention(self, q, k, v, heads, state: CallState, options: dict, fused):
         """Self-attention with the source's maps for the rows that share it here; a recorded row's maps are the
         ones it attends with (the source's, while shared, as the official store keeps them)."""
-        pairs = [(source, row) for source, row, i in self.row_pairs(options, q.shape[0])
+        pairs = [(source, row) for source, row, i in self.row_pairs(state, q.shape[0])
                  if state.shares_self[i] and self.plan.rows[i].shares_self_attention_at(state.cursor.level)]
         q, k = shared_queries_keys(q, k, pairs)
-        record, recorder = self.recorder_at(state.recording_self, state.cursor.level, options, q.shape[0])
+        record, recorder = self.recorder_at(state.recording_self, state, options, q.shape[0])
         if recorder is not None:
             record_self_attention(q, k, heads, [row for row, _ in record], recorder)
         return fused(q, k, v, heads)
 
-    def row_pairs(self, options: dict, batch: int) -> list[tuple[int, int, int]]:
+    def row_pairs(self, state: CallState, batch: int) -> list[tuple[int, int, int]]:
         if not self.plan.rows:
             return []
-        return edited_row_pairs(options["cond_or_uncond"], batch, self.plan.num_rows)
+        return edited_row_pairs(state.positive, batch, self.plan.num_rows)
 
-    def recorded_rows(self, options: dict, batch: int) -> list[tuple[int, int]]:
+    def recorded_rows(self, state: CallState, batch: int) -> list[tuple[int, int]]:
         """(batch row, prompt length) of the first positive chunk's rows; with no edit every latent row
         holds the source prompt (a plain batch)."""
-        chunks = options["cond_or_uncond"]
-        if 0 not in chunks:
+        if True not in state.positive:
             return []
-        per_chunk = batch // len(chunks)
-        start = chunks.index(0) * per_chunk
+        per_chunk = batch // len(state.positive)
+        start = state.positive.index(True) * per_chunk
         lengths = [self.plan.source.length] + [row.prompt.length for row in self.plan.rows]
         if not self.plan.rows:
             lengths = lengths * per_chunk
         return [(start + i, length) for i, length in enumerate(lengths)]
 
-    def recorder_at(self, accumulators: tuple[MapAccumulator, ...], level: int, options: dict, batch: int):
+    def recorder_at(self, accumulators: tuple[MapAccumulator, ...], state: CallState, options: dict, batch: int):
         """(rows to record with their prompt lengths, the callback adding a row's maps) for this layer's
         level, or ([], None) when nothing records it."""
-        recording = [a for a in accumulators if a.level == level]
-        record = self.recorded_rows(options, batch) if recording else []
+        recording = [a for a in accumulators if a.level == state.cursor.level]
+        record = self.recorded_rows(state, batch) if recording else []
         if not record:
             return [], None
         offset = record[0][0]
@@ -367,6 +406,31 @@ class EditPatch:
             for accumulator in recording:
                 accumulator.add(row - offset, maps, layer_shape)
         return record, recorder
+
+
+ATTENTION = {"self": "attn1", "cross": "attn2"}
+
+
+def replaced_layers(transformer_options: dict) -> frozenset:
+    """(attn1/attn2, key) of every layer whose attention a patch replaces in these options.
+
+    Taken once from the sampled model's options (OWN_REPLACED_KEY) and again for each model call: a layer replaced
+    in a call but not on the model is one that a guidance node replaced for an extra pass of its own
+    (PerturbedAttentionGuidance replaces the middle block's self-attention by its values in its perturbed pass).
+    That pass may run unedited at that layer; a replacement the model itself carries (Self-Attention Guidance,
+    IPAdapter) acts on the edit's own pass and stays refused where the edit needs the layer."""
+    replace = transformer_options.get("patches_replace", {})
+    return frozenset((kind, key) for kind in ATTENTION.values() for key in replace.get(kind, {}))
+
+
+def positive_chunks(transformer_options: dict) -> tuple[bool, ...]:
+    """For each conditioning chunk of a model call, whether it came from the sampler's positive entries (see
+    EditPatch.positive_entries); by index (0 is the positive) where the call carries no entry ids."""
+    uuids = transformer_options.get("uuids")
+    positive = transformer_options.get(POSITIVE_KEY)
+    if uuids is None or positive is None:
+        return tuple(kind == 0 for kind in transformer_options["cond_or_uncond"])
+    return tuple(uuid in positive for uuid in uuids)
 
 
 def same_rows(actual: torch.Tensor | None, expected: torch.Tensor) -> bool:

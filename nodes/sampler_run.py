@@ -7,7 +7,10 @@ of the same schedule always lies in the same place.
 
 from __future__ import annotations
 
+import functools
 import inspect
+import logging
+import math
 from collections import OrderedDict
 from typing import Callable
 
@@ -30,26 +33,82 @@ _FOUND: OrderedDict[tuple, Trajectory | None] = OrderedDict()
 _CACHE_SIZE = 64
 
 
+BATCH_COUPLED = {"dpm_adaptive": "chooses its step sizes from an error estimate taken over the whole batch"}
+"""Samplers whose steps depend on every row of the batch: an edit's rows would change the source row's steps."""
+
+
 def sampler_name(sampler) -> str:
-    """The k-diffusion name of a ComfyUI sampler object ('euler' for both euler and ddim)."""
-    return getattr(getattr(sampler, "sampler_function", None), "__name__", "").removeprefix("sample_")
+    """The k-diffusion name of a ComfyUI sampler object ('euler' for both euler and ddim; 'dpm_adaptive' for
+    the wrapper ComfyUI puts around it)."""
+    name = getattr(getattr(sampler, "sampler_function", None), "__name__", "")
+    return name.removeprefix("sample_").removesuffix("_function")
 
 
-def whole_trajectory(model_sampling, sampler, sigmas: torch.Tensor, continues: tuple[Trajectory, ...] = ()
-                     ) -> Trajectory:
+@functools.cache
+def _host_samplers() -> frozenset[str]:
+    return frozenset(sampler_name(comfy.samplers.sampler_object(name)) for name in comfy.samplers.SAMPLER_NAMES)
+
+
+def check_edit_sampler(sampler) -> None:
+    """Refuse a sampler that couples the rows of an edit; warn about one that is not ComfyUI's own and takes no
+    noise sampler, since its step noise, if it draws any, cannot be shared between the rows."""
+    name = sampler_name(sampler)
+    if name in BATCH_COUPLED:
+        raise PromptToPromptError(
+            f"The {name} sampler {BATCH_COUPLED[name]}, so the edited rows would change the source row's steps and "
+            "the source would not be the picture its prompt gives alone. Choose a sampler with a fixed schedule "
+            "(euler, dpmpp_2m, an ancestral or SDE sampler, ...).")
+    function = getattr(sampler, "sampler_function", None)
+    takes_noise = function is not None and "noise_sampler" in inspect.signature(function).parameters
+    if name not in _host_samplers() and not takes_noise:
+        logging.warning(
+            "Prompt-to-Prompt: the sampler %r is not one of ComfyUI's and takes no noise sampler; if it adds noise "
+            "at each step, the rows of the edit get different noise and the edited picture drifts from the "
+            "source's composition. Deterministic samplers are unaffected.", name or type(sampler).__name__)
+
+
+def named_scheduler() -> str | None:
+    """The scheduler named by the sampler node running now, when it samples through comfy.samplers.KSampler (the
+    KSampler and KSamplerAdvanced nodes do); None for nodes that are handed sigmas (SamplerCustomAdvanced).
+
+    The guider is never told the scheduler, so the KSampler object is looked up on the call stack, read-only: it
+    tells apart schedules that hold the same sigmas (sgm_uniform(N) begins as normal(N + 1) does).
+    """
+    frame = inspect.currentframe()
+    try:
+        for _ in range(48):
+            frame = frame.f_back if frame is not None else None
+            if frame is None:
+                return None
+            owner = frame.f_locals.get("self")
+            if isinstance(owner, comfy.samplers.KSampler):
+                return getattr(owner, "scheduler", None)
+        return None
+    finally:
+        del frame
+
+
+def whole_trajectory(model_sampling, sampler, sigmas: torch.Tensor, continues: tuple[Trajectory, ...] = (),
+                     named: str | None = None) -> Trajectory:
     """The whole trajectory a sampler run with `sigmas` belongs to, or a clear error when it cannot be known.
 
     `continues`: trajectories of earlier runs that stopped partway, which this run may continue (it is then placed
     where the earlier run stopped, even where its sigmas alone are ambiguous, as for the final step alone).
+    `named`: the scheduler the sampler node names, if known (see named_scheduler).
     """
     run = [float(s) for s in sigmas.tolist()]
+    if not all(math.isfinite(s) for s in run):
+        raise PromptToPromptError(
+            f"The sampler's {len(run) - 1}-step schedule holds sigmas that are not numbers ({run[0]:.4g} ... "
+            f"{run[-1]:.4g}): ComfyUI's scheduler gave no usable schedule for this step count, and sampling it "
+            "would give a picture of NaN. Choose another step count or scheduler.")
     previous = continued(run, continues)
     if previous is not None:
         return previous
     discard = sampler_name(sampler) in DISCARD_PENULTIMATE
     names = [n for n in SCHEDULER_ORDER if n in comfy.samplers.SCHEDULER_NAMES]
     names += [n for n in comfy.samplers.SCHEDULER_NAMES if n not in names]
-    key = (float(model_sampling.sigma_min), float(model_sampling.sigma_max), discard, tuple(run))
+    key = (float(model_sampling.sigma_min), float(model_sampling.sigma_max), discard, named, tuple(run))
     if key not in _FOUND:
         def schedules(name: str, steps: int) -> list[float]:
             if not discard:
@@ -57,7 +116,7 @@ def whole_trajectory(model_sampling, sampler, sigmas: torch.Tensor, continues: t
             sigmas = comfy.samplers.calculate_sigmas(model_sampling, name, steps + 1)
             return torch.cat([sigmas[:-2], sigmas[-1:]]).tolist()
 
-        _FOUND[key] = locate_run(run, schedules, names, float(model_sampling.sigma_max))
+        _FOUND[key] = locate_run(run, schedules, names, float(model_sampling.sigma_max), named=named)
         while len(_FOUND) > _CACHE_SIZE:
             _FOUND.popitem(last=False)
     found = _FOUND[key]

@@ -13,6 +13,7 @@ meanwhile.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
@@ -31,6 +32,9 @@ MAX_TARGETS = 64
 MAX_TEXT_CHARACTERS = MAX_CHUNKS * 75 * 8
 """Characters of one text field: room for the longest prompt an edit takes (MAX_CHUNKS chunks of 75
 tokens) at 8 characters a token."""
+MAX_WORDS = 64
+"""Words of one word-list field (words, source/edit/subtract words, word windows): far more than an edit names,
+and a bound on the preview's work, which looks every word up in every row (64 rows of the longest prompts)."""
 MAX_BODY_BYTES = 256 * 1024
 """A whole request: far more than a chain of long prompts, far less than what would hold the server."""
 
@@ -89,6 +93,11 @@ class PreviewRequest:
             if len(text) > MAX_TEXT_CHARACTERS:
                 raise RequestError(413, f"'{name}' is longer than {MAX_TEXT_CHARACTERS} characters; Prompt-to-Prompt "
                                         f"takes prompts of up to {MAX_CHUNKS} chunks of 75 tokens.")
+        for name in ("words", "source_words", "edit_words", "subtract_words", "word_windows"):
+            count = len(_words(values.get(name, "")))
+            if count > MAX_WORDS:
+                raise RequestError(413, f"'{name}' lists {count} words; the preview looks up at most {MAX_WORDS} "
+                                        "per field (an edit names a few).")
         if values.get("kind", "replace") not in KINDS:
             raise RequestError(400, f"'kind' must be one of {list(KINDS)}.")
         return cls(**values, targets=tuple(targets))
@@ -178,8 +187,10 @@ def preview(request: PreviewRequest) -> dict[str, Any]:
     return {"rows": rows, "warnings": warnings, "error": error}
 
 
+@functools.lru_cache(maxsize=64)
 def answer_body(body: bytes) -> dict[str, Any]:
-    """The preview of a raw request body (raises RequestError for one the route refuses)."""
+    """The preview of a raw request body (raises RequestError for one the route refuses). Answers are kept for
+    the last bodies asked: a graph of several edit nodes asks the same ones again as the user switches nodes."""
     return preview(PreviewRequest.from_json(body))
 
 

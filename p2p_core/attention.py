@@ -29,14 +29,14 @@ from .errors import PromptToPromptError
 AttentionFn = Callable[..., torch.Tensor]
 
 
-def edited_row_pairs(cond_or_uncond: Sequence[int], batch: int, num_rows: int) -> list[tuple[int, int, int]]:
+def edited_row_pairs(positive: Sequence[bool], batch: int, num_rows: int) -> list[tuple[int, int, int]]:
     """(source row, edited row, edit index) for every positive chunk of a model call.
 
-    ComfyUI batches conditioning chunks chunk-major (`cond_or_uncond[c]` is 0 for a positive chunk, 1 for a
-    negative one, in no fixed order), each chunk holding every latent row; latent row i of a positive chunk
-    is prompt row i of the plan. Negative chunks are never edited.
+    The host batches conditioning chunks chunk-major (`positive[c]` says whether chunk c is the sampler's positive
+    conditioning; chunks come in no fixed order), each chunk holding every latent row; latent row i of a positive
+    chunk is prompt row i of the plan. Other chunks (negative, a guider's middle or empty prompt) are never edited.
     """
-    chunks = len(cond_or_uncond)
+    chunks = len(positive)
     if chunks == 0 or batch % chunks:
         raise PromptToPromptError(f"Unexpected model batch of {batch} rows for {chunks} conditioning chunks.")
     per_chunk = batch // chunks
@@ -46,7 +46,7 @@ def edited_row_pairs(cond_or_uncond: Sequence[int], batch: int, num_rows: int) -
             f"(the source and {num_rows - 1} edited prompt(s)). Connect the edit node's LATENT output "
             "to the sampler, or a latent batch of that size.")
     return [(c * per_chunk, c * per_chunk + i, i - 1)
-            for c, kind in enumerate(cond_or_uncond) if kind == 0
+            for c, is_positive in enumerate(positive) if is_positive
             for i in range(1, num_rows)]
 
 

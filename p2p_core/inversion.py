@@ -114,6 +114,12 @@ def scaled_backward(loss: torch.Tensor, embedding: torch.Tensor, loss_scale: flo
     return True
 
 
+LOSS_SCALE_GROWTH_INTERVAL = 20
+"""Clean backward passes after which a lowered loss scale doubles again (towards the one asked for), as
+torch.amp.GradScaler regrows its scale: one overflow early in an inversion must not leave the gradient of every
+later step closer to fp16's underflow."""
+
+
 def null_text_optimise(cond: Denoiser, uncond: UncondDenoiser, pivots: list[torch.Tensor], sigmas: list[float],
                        guidance: float, initial: torch.Tensor, settings: NullTextSettings = NullTextSettings(),
                        on_step: Callable[[int, float], None] | None = None, loss_scale: float = 1.0,
@@ -129,7 +135,8 @@ def null_text_optimise(cond: Denoiser, uncond: UncondDenoiser, pivots: list[torc
     Half precision: `loss_scale` multiplies the loss before backward and divides the gradient after it (the loss
     itself, and early stopping, stay unscaled). A model running in fp16 needs it: the loss is 1e-5 to 1e-3, a
     mean over the latent, so the gradient reaching the UNet's output is far below fp16's normal range and mostly
-    flushes to zero. It is halved whenever the scaled gradient overflows (that pass is repeated). `exact`,
+    flushes to zero. It is halved whenever the scaled gradient overflows (that pass is repeated), and doubles back
+after LOSS_SCALE_GROWTH_INTERVAL clean passes, up to the scale given. `exact`,
     full-precision versions of the denoisers, give the loss its values while the gradient still flows through
     `uncond` (a model in bf16 rounds its predictions by more than the residual being minimised); the latent
     still advances with `cond` and `uncond`, the predictions sampling will make.
@@ -140,6 +147,7 @@ def null_text_optimise(cond: Denoiser, uncond: UncondDenoiser, pivots: list[torc
     """
     embedding = initial.detach().float().clone()
     embeddings: list[torch.Tensor] = []
+    top_scale, clean = loss_scale, 0
     x = pivots[0]
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
@@ -171,8 +179,11 @@ def null_text_optimise(cond: Denoiser, uncond: UncondDenoiser, pivots: list[torc
                     raise FloatingPointError(
                         "Null-text optimisation met a non-finite gradient: the model's predictions overflow in "
                         "its dtype. Run the model in fp32 or bf16 for the inversion.")
-                loss_scale /= 2  # an overflow costs this pass, not one of the updates
+                loss_scale, clean = loss_scale / 2, 0  # an overflow costs this pass, not one of the updates
                 continue
+            clean += 1
+            if clean >= LOSS_SCALE_GROWTH_INTERVAL and loss_scale < top_scale:
+                loss_scale, clean = min(loss_scale * 2, top_scale), 0
             optimiser.step()
             updates += 1
             if loss_value < settings.threshold(i, len(sigmas) - 1):

@@ -62,8 +62,9 @@ def reweight_factors(prompt: PromptTokens, words: Sequence[str], scale: float, t
 
 
 def self_layer_level(name: str, real_image: bool) -> int:
-    """The finest level that shares self-attention for a self_attention_layers choice ("auto" follows the official
-    code: quarter for generated images, half for real ones)."""
+    """The finest level that shares self-attention for a self_attention_layers choice ("auto": quarter for
+    generated images, half for real ones, which is the official code's choice at 512x512; it counts pixels, 16x16
+    and 32x32, so it differs at other sizes)."""
     if name == "auto":
         name = "half" if real_image else "quarter"
     if name not in SELF_LAYER_LEVELS:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import codecs
 import math
 import re
+import zlib
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -155,10 +156,12 @@ def locate_words(text: str, stream: Sequence[Sequence[StreamToken]], pieces: Seq
             groups.setdefault(word_id, []).append((position, token))
 
     words: list[Word] = []
+    embedded: dict[int, int] = {}
     for word_id, piece in enumerate(pieces, start=1):
         group = groups.get(word_id, [])
         if any(not isinstance(token, int) for _, token in group):
-            words.append(Word(piece.strip(), tuple(Token(p, -1, WORD_END) for p, _ in group)))
+            embedded.update((p, embedding_token_id(piece.strip(), i)) for i, (p, _) in enumerate(group))
+            words.append(Word(piece.strip(), tuple(Token(p, embedded[p], WORD_END) for p, _ in group)))
             continue
         cursor = 0
         for word in (w for w in _WORD_GAP.split(piece) if w):
@@ -176,8 +179,15 @@ def locate_words(text: str, stream: Sequence[Sequence[StreamToken]], pieces: Seq
             raise PromptToPromptError(
                 f"The prompt '{text}' tokenized differently word by word than as a whole; "
                 "Prompt-to-Prompt cannot place its words.")
-    ids = tuple(token if isinstance(token, int) else -1 for token, _, _ in flat)
+    ids = tuple(token if isinstance(token, int) else embedded.get(p, -1) for p, (token, _, _) in enumerate(flat))
     return PromptTokens(text=text, ids=ids, words=tuple(words))
+
+
+def embedding_token_id(word: str, index: int) -> int:
+    """A negative id (no vocabulary id is negative) for vector `index` of a textual-inversion embedding: the same
+    embedding's vectors align with each other and another embedding's do not, as their different vectors act.
+    From a checksum of the name, not Python's hash, which changes from one process to the next."""
+    return -1 - zlib.crc32(f"{word}\x00{index}".encode()) % (2 ** 30)
 
 
 def _shorten(text: str, limit: int = 80) -> str:

@@ -55,7 +55,7 @@ def slice_offset(schedule: Sequence[float], run: Sequence[float]) -> int | None:
     to 0 when it returns without leftover noise.
     """
     n = len(run) - 1
-    for offset, sigma in enumerate(schedule[:len(schedule) - n]):
+    for offset, sigma in enumerate(schedule[:max(len(schedule) - n, 0)]):
         if not _close(sigma, run[0]):
             continue
         body = all(_close(a, b) for a, b in zip(schedule[offset:offset + n], run[:n]))
@@ -75,29 +75,46 @@ def continued(run: Sequence[float], known: Sequence[Trajectory]) -> Trajectory |
 
 
 def locate_run(run: Sequence[float], schedules: ScheduleFn, names: Sequence[str], sigma_max: float,
-               max_steps: int = MAX_STEPS) -> Trajectory | None:
+               max_steps: int = MAX_STEPS, named: str | None = None) -> Trajectory | None:
     """The whole trajectory of a run with sigmas `run`, or None when it cannot be known.
 
     In order: the run is a whole schedule of one of the host's schedulers; it is a slice of a longer one (found by
     searching step counts); it starts from pure noise and ends at 0, so it is a whole custom schedule itself.
-    A run of only the final step cannot be placed by its sigmas: every schedule of a model ends with the same
-    smallest sigma and 0.
+    Several schedules can hold one run (ComfyUI's sgm_uniform(N) is the first N sigmas of normal(N + 1), then 0):
+    the scheduler the sampler node names (`named`, when known) is believed first; then a schedule that the run
+    ends exactly, since a run that reaches 0 has finished (a schedule that goes on would read it as one stopped
+    early with its end forced to 0); then the first of `names`. A run of only the final step cannot be placed by
+    its sigmas: every schedule of a model ends with the same smallest sigma and 0.
     """
     run = [float(s) for s in run]
     n = len(run) - 1
     if n < 1:
         return None
+    names = ([named] if named in names else []) + [name for name in names if name != named]
     for name in names:
         whole = [float(s) for s in schedules(name, n)]
         if len(whole) == len(run) and all(_close(a, b) for a, b in zip(whole, run)):
             return Trajectory(tuple(whole), 0)
+    readings = []
     for name in names:
         found = _search(run, schedules, name, max_steps)
-        if found is not None:
-            return None if n == 1 and found.ends_with(1) else found
+        if found is None:
+            continue
+        if name == named or _ends_exactly(found, run):
+            readings = [found]
+            break
+        readings.append(found)
+    if readings:
+        found = readings[0]
+        return None if n == 1 and found.ends_with(1) else found
     if run[-1] == 0.0 and run[0] >= sigma_max * (1 - 1e-4):
         return Trajectory(tuple(run), 0)
     return None
+
+
+def _ends_exactly(found: Trajectory, run: Sequence[float]) -> bool:
+    """Whether the run ends where its trajectory does, on the schedule's own last sigma."""
+    return found.offset + len(run) - 1 == found.steps and _close(found.schedule[-1], run[-1])
 
 
 def _search(run: list[float], schedules: ScheduleFn, name: str, max_steps: int) -> Trajectory | None:
@@ -105,7 +122,10 @@ def _search(run: list[float], schedules: ScheduleFn, name: str, max_steps: int) 
 
     The spacing a schedule has at the run's first sigma shrinks as its step count grows, so a binary search on it
     finds the step counts whose spacing there is the run's; a few around it are tried, since the spacing is only
-    monotone up to rounding and some schedulers give the same schedule for several step counts.
+    monotone up to rounding and some schedulers give the same schedule for several step counts. The search starts
+    below the run's length: ComfyUI's ddim_uniform gives more steps than it is asked for where 1000 is not a
+    multiple of the count (30 asked, 31 given; at most half as many again), so a whole run or a long part of one
+    is held by a schedule asked for fewer steps than it has.
     """
     n = len(run) - 1
     target = run[0] - run[1]
@@ -123,9 +143,7 @@ def _search(run: list[float], schedules: ScheduleFn, name: str, max_steps: int) 
             return 0.0
         return values[index] - values[index + 1]
 
-    low, high = n + 1, max_steps
-    if low > high:
-        return None
+    low, high = max(1, 2 * (n + 1) // 3), max_steps
     while low < high:
         middle = (low + high) // 2
         if spacing(middle) <= target * (1 + _RTOL):
@@ -133,7 +151,7 @@ def _search(run: list[float], schedules: ScheduleFn, name: str, max_steps: int) 
         else:
             low = middle + 1
     tried: set[tuple[float, ...]] = set()
-    for steps in range(max(n + 1, low - _SCAN // 2), min(max_steps, low + _SCAN) + 1):
+    for steps in range(max(1, low - _SCAN // 2), min(max_steps, low + _SCAN) + 1):
         values = tuple(schedule(steps))
         if values in tried:
             continue

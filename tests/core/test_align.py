@@ -126,3 +126,22 @@ def test_refine_after_a_deletion_leaves_padding_that_lands_on_source_words_on_it
     assert sources_of(m, 3) == {6: 1.0}  # end token -> end token
     assert not bool(m.mapped[4:7].any())  # source columns 4 to 6 are 'wooden', 'house' and the end token
     assert all(sources_of(m, j) == {j: 1.0} for j in range(7, 77))
+
+
+def with_embedding(tok, name):
+    """'a photo of embedding:NAME cat' as ComfyUI tokenizes it: the embedding's two vectors stand in its tokens."""
+    pieces = ["a photo of ", f"embedding:{name}", " cat"]
+    stream = comfy_stream(["a photo of", "xx yy", "cat"], tok)
+    stream = [[(torch.full((4,), float(len(name))) if word == 2 else t, w, word) for t, w, word in chunk]
+              for chunk in stream]
+    return locate_words("".join(pieces), stream, pieces, tok)
+
+
+def test_two_different_embeddings_are_different_tokens_and_one_embedding_aligns_with_itself(tok):
+    """Every embedding vector used to be token -1, so refine aligned 'embedding:alpha' with 'embedding:beta' (the
+    edited row took the other embedding's maps, as if nothing had changed there)."""
+    alpha, beta, again = with_embedding(tok, "alpha"), with_embedding(tok, "beta"), with_embedding(tok, "alpha")
+    assert alpha.words[3].text == "embedding:alpha" and len(alpha.words[3].positions) == 2
+    assert alpha.words[3].ids != beta.words[3].ids and alpha.words[3].ids == again.words[3].ids
+    assert not any(bool(refine_mapping(alpha, beta).mapped[p]) for p in beta.words[3].positions)
+    assert all(bool(refine_mapping(alpha, again).mapped[p]) for p in again.words[3].positions)

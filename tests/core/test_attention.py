@@ -44,15 +44,16 @@ def full_edit(matrix):
     return StepEdit(TokenMapping(matrix, ones), ones, None, False)
 
 
-def test_row_pairs_follow_cond_or_uncond_in_either_order():
-    assert edited_row_pairs([1, 0], 6, 3) == [(3, 4, 0), (3, 5, 1)]
-    assert edited_row_pairs([0, 1], 6, 3) == [(0, 1, 0), (0, 2, 1)]
-    assert edited_row_pairs([1], 3, 3) == []
+def test_row_pairs_are_those_of_the_positive_chunk_wherever_it_lies():
+    assert edited_row_pairs([False, True], 6, 3) == [(3, 4, 0), (3, 5, 1)]
+    assert edited_row_pairs([True, False], 6, 3) == [(0, 1, 0), (0, 2, 1)]
+    assert edited_row_pairs([False, False, True], 9, 3) == [(6, 7, 0), (6, 8, 1)]  # DualCFG: negative, middle, positive
+    assert edited_row_pairs([False], 3, 3) == []
 
 
 def test_row_pairs_reject_a_batch_of_the_wrong_size():
     with pytest.raises(PromptToPromptError, match="LATENT output"):
-        edited_row_pairs([0, 1], 8, 3)
+        edited_row_pairs([True, False], 8, 3)
 
 
 def test_fold_and_unfold_keep_token_mass():

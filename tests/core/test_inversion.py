@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from p2p_core.inversion import (
+    LOSS_SCALE_GROWTH_INTERVAL,
     NullTextSettings,
     ddim_invert,
     diffusers_scale,
@@ -137,6 +138,32 @@ def test_loss_scaling_changes_neither_the_result_nor_early_stopping():
         scaled, losses = optimise(loss_scale)
         assert torch.allclose(scaled, plain, rtol=1e-4, atol=1e-6)
         assert losses == pytest.approx(plain_losses, rel=1e-3)
+
+
+def test_a_lowered_loss_scale_grows_back_after_clean_passes():
+    """An fp16 gradient overflow halves the loss scale for the pass it spoiled; it doubles back after
+    LOSS_SCALE_GROWTH_INTERVAL clean passes instead of staying low for the rest of the inversion."""
+    pivots = ddim_invert(lambda x, s: toy_denoiser(x, s, COND), image(), COARSE)
+    scales = []
+
+    def uncond(x, sigma, text):
+        out = toy_denoiser(x, sigma, text)
+        spoil = len(scales) in (0, 1)  # the first two backward passes overflow
+
+        def seen(grad):
+            scales.append(float(grad.abs().sum()))
+            return grad * math.inf if spoil else grad
+        if out.requires_grad:  # not when the latent advances
+            out.register_hook(seen)
+        return out
+
+    null_text_optimise(lambda x, s: toy_denoiser(x, s, COND), uncond, pivots, COARSE, 7.5, NULL,
+                       NullTextSettings(iterations=50, epsilon=0.0), loss_scale=1024.0)
+    # Consecutive passes' gradients differ little but for the scale: each jump is a halving or a doubling.
+    jumps = {k: round(math.log2(scales[k] / scales[k - 1])) for k in range(1, 50)}  # the first step's passes
+    changed = {k: jump for k, jump in jumps.items() if jump}
+    grow = LOSS_SCALE_GROWTH_INTERVAL
+    assert changed == {1: -1, 2: -1, 2 + grow: 1, 2 + 2 * grow: 1}, changed  # halved twice, then back to 1024
 
 
 def test_exact_values_steer_the_loss_but_sampling_predictions_advance_the_latent():

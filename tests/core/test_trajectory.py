@@ -22,7 +22,26 @@ def stepped(name, steps):
     return table[::stride] + [0.0]
 
 
-SCHEDULERS = {"linear": linear, "geometric": geometric, "stepped": stepped}
+def overlong(name, steps):
+    """Like ComfyUI's ddim_uniform: every stride-th sigma of the model's 1000 from the second, so a count that
+    does not divide 1000 gives more steps than asked (30 asked: stride 33, 31 steps)."""
+    stride = max(1000 // steps, 1)
+    table = [BOTTOM * (TOP / BOTTOM) ** (i / 999) for i in range(1000)]  # the model's sigmas, timestep 0 first
+    return table[1::stride][::-1] + [0.0]
+
+
+def near(name, steps):
+    """Like ComfyUI's normal: `steps` sigmas evenly spread from the top, then 0."""
+    return [TOP + (BOTTOM - TOP) * i / max(steps - 1, 1) for i in range(steps)] + [0.0]
+
+
+def first_of_near(name, steps):
+    """Like ComfyUI's sgm_uniform: the first `steps` sigmas of near(steps + 1), then 0."""
+    return near(name, steps + 1)[:steps] + [0.0]
+
+
+SCHEDULERS = {"linear": linear, "geometric": geometric, "stepped": stepped, "overlong": overlong, "near": near,
+              "sgm": first_of_near}
 
 
 def schedules(name, steps):
@@ -62,6 +81,34 @@ def test_schedulers_that_repeat_for_several_step_counts():
     whole = stepped("", 250)  # the same for 250..333 steps
     found = locate(whole[100:150], names=("stepped",))
     assert found is not None and found.offset == 100 and found.schedule == tuple(whole)
+
+
+@pytest.mark.parametrize("asked", [3, 7, 30, 47, 60, 400])
+def test_a_scheduler_that_gives_more_steps_than_asked_is_placed_whole_and_split(asked):
+    """ddim_uniform at 30 steps gives 31: the whole run is a whole schedule, though of no count of its own
+    length, and the parts of a split run lie in it where they were cut."""
+    whole = overlong("", asked)
+    steps = len(whole) - 1
+    assert steps >= asked
+    assert locate(whole, names=("overlong",)) == Trajectory(tuple(whole), 0)
+    cut = steps // 2
+    first, second = locate(whole[:cut + 1], names=("overlong",)), locate(whole[cut:], names=("overlong",))
+    assert (first.schedule, first.offset, second.schedule, second.offset) == (tuple(whole), 0, tuple(whole), cut)
+
+
+def test_a_run_that_ends_a_schedule_exactly_is_read_as_finished_not_as_stopped_early():
+    """The second half of sgm_uniform(20) is also the middle of normal(21) with its end forced to 0 (a run that
+    stopped early); it reached the end of its own schedule, which is the reading to believe."""
+    whole = first_of_near("", 20)
+    found = locate(whole[10:], names=("near", "sgm"))
+    assert found.schedule == tuple(whole) and found.offset == 10 and found.ends_with(10)
+
+
+def test_the_scheduler_the_sampler_names_settles_a_part_two_schedules_hold():
+    """The first half of sgm_uniform(20) is also the first half of normal(21), sigma for sigma."""
+    whole = first_of_near("", 20)
+    assert locate_run(whole[:11], schedules, ["near", "sgm"], TOP).steps == 21  # unnamed: the first name's reading
+    assert locate_run(whole[:11], schedules, ["near", "sgm"], TOP, named="sgm").schedule == tuple(whole)
 
 
 def test_a_custom_whole_schedule_from_pure_noise_is_accepted():

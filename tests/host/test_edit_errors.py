@@ -6,13 +6,10 @@ import executor
 import pytest
 import tiny
 import torch
+from sampling import replace
 
 tiny.import_comfy()
 import nodes  # noqa: E402
-
-
-def replace(p2p, model, clip, source="a cat riding a bicycle", target="a dog riding a bicycle", **kwargs):
-    return p2p["ReplaceEdit"]().apply(model, clip, source, target, 0.8, 0.4, 64, 64, **kwargs)
 
 
 def ksample(model, clip, positive, latent, sampler="euler"):

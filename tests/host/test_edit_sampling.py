@@ -6,14 +6,13 @@ import executor
 import pytest
 import tiny
 import torch
+from sampling import SOURCE, TARGET, assert_close, encode, ksample, plain, replace
 
 tiny.import_comfy()
 import nodes  # noqa: E402
 
 FAMILIES = ("sd1", "sd2", "sdxl")
-SOURCE, TARGET = "a cat riding a bicycle", "a dog riding a bicycle"
-STEPS, CFG, SEED = 6, 5.0, 7
-
+STEPS, CFG, SEED = 6, 5.0, 7  # sampling.ksample's defaults
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -21,32 +20,8 @@ def bundle(request):
     return executor.tiny_bundle(request.param)
 
 
-def encode(clip, text):
-    return nodes.CLIPTextEncode().encode(clip, text)[0]
-
-
-def ksample(model, clip, positive, latent, sampler="euler", scheduler="normal", seed=SEED):
-    return nodes.common_ksampler(model, seed, STEPS, CFG, sampler, scheduler, positive, encode(clip, "blurry"),
-                                 latent)[0]["samples"]
-
-
-def plain(model, clip, text, latent, **kwargs):
-    """Plain sampling of one prompt from the edit's latent row, as a user would without the pack."""
-    return ksample(model, clip, encode(clip, text), {**latent, "samples": latent["samples"][:1],
-                                                     "batch_index": latent["batch_index"][:1]}, **kwargs)[0]
-
-
-def assert_close(a, b):
-    scale = max(1.0, float(b.abs().max()))
-    assert float((a - b).abs().max()) <= 1e-5 * scale, float((a - b).abs().max())
-
-
 def edit(p2p, node, model, clip, *args, **kwargs):
     return getattr(p2p[node](), "apply")(model, clip, *args, **kwargs)
-
-
-def replace(p2p, model, clip, source=SOURCE, target=TARGET, cross=0.8, self_=0.4, **kwargs):
-    return edit(p2p, "ReplaceEdit", model, clip, source, target, cross, self_, 64, 64, **kwargs)
 
 
 def test_source_row_equals_plain_sampling_of_the_source(p2p, bundle):

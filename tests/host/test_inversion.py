@@ -16,6 +16,7 @@ import pytest
 import tiny
 import torch
 from examples import api_prompt, node_id
+from sampling import comfy_node, encode
 
 tiny.import_comfy()
 import comfy.model_management  # noqa: E402
@@ -53,10 +54,6 @@ def gentle(family: str, dtype: torch.dtype = torch.float32) -> tuple:
 
 def image_latent(seed=0):
     return {"samples": torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(seed))}
-
-
-def encode(clip, text):
-    return nodes.CLIPTextEncode().encode(clip, text)[0]
 
 
 def advanced(model, clip, positive, latent, cfg=CFG, steps=STEPS, add_noise="disable", sampler="ddim",
@@ -112,6 +109,25 @@ def test_negative_prompt_inversion_of_a_long_prompt_samples_with_a_negative_run_
 @pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
 def test_direct_inversion_reconstructs_to_float_tolerance(p2p, family):
     assert reconstruction_error(p2p, family, "direct") < 1e-10
+
+
+def test_guidance_changed_after_an_inversion_is_refused_but_direct_inversion_replays_it(p2p, error):
+    """RescaleCFG (or PAG, SAG...) on the model sampled after a negative-prompt or null-text inversion changes the
+    guidance the inversion was computed for: it reconstructed 4.5 % worse, silently. Direct inversion sets the
+    source row's predictions, which any guidance replays."""
+    import comfy_extras.nodes_model_advanced as advanced_nodes
+
+    model, clip = gentle("sd1")
+
+    def rescaled(inverted):
+        return comfy_node(advanced_nodes.RescaleCFG, model=inverted, multiplier=0.7)
+
+    inverted, latent = invert(p2p, model, clip, "negative-prompt")
+    with pytest.raises(error, match="changes this model's guidance \\(sampler_cfg_function"):
+        advanced(rescaled(inverted), clip, encode(clip, PROMPT), latent)
+    inverted, latent = invert(p2p, model, clip, "direct")
+    sampled = advanced(rescaled(inverted), clip, encode(clip, PROMPT), latent)
+    assert float((sampled - image_latent()["samples"]).pow(2).mean()) < 1e-10
 
 
 @pytest.mark.parametrize("dtype", HALF.values(), ids=HALF.keys())

@@ -10,25 +10,21 @@ import pack
 import pytest
 import tiny
 import torch
+from sampling import ksample, replace
 
 tiny.import_comfy()
 import comfy.patcher_extension  # noqa: E402
 import comfy.samplers  # noqa: E402
 import execution  # noqa: E402
 
-import nodes  # noqa: E402
-
-SOURCE, TARGET = "a cat riding a bicycle", "a dog riding a bicycle"
 OUTER_SAMPLE = comfy.patcher_extension.WrappersMP.OUTER_SAMPLE
 HOST_PASSES_LATENT_SHAPES = "latent_shapes" in inspect.signature(comfy.samplers.CFGGuider.outer_sample).parameters
 
 
 def edit_and_sample(p2p, model, clip, wrap=None) -> torch.Tensor:
     """A word swap sampled by KSampler; `wrap` may add wrappers to the edit node's MODEL (inside the pack's)."""
-    model, positive, latent = p2p["ReplaceEdit"]().apply(model, clip, SOURCE, TARGET, 0.8, 0.4, 64, 64)
-    model = wrap(model.clone()) if wrap is not None else model
-    negative = nodes.CLIPTextEncode().encode(clip, "blurry")[0]
-    return nodes.common_ksampler(model, 7, 4, 5.0, "euler", "normal", positive, negative, latent)[0]["samples"]
+    model, positive, latent = replace(p2p, model, clip)
+    return ksample(wrap(model.clone()) if wrap is not None else model, clip, positive, latent, steps=4)
 
 
 def test_the_edit_passes_on_keyword_arguments_newer_samplers_give_its_wrappers(p2p, sd1):

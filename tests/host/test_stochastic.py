@@ -4,17 +4,19 @@ to 0.33)."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
+import sampling
 import tiny
 import torch
+from sampling import SOURCE, TARGET, assert_close, encode, replace
 
 tiny.import_comfy()
+import comfy.sample  # noqa: E402
 import comfy.samplers  # noqa: E402
 import comfy_extras.nodes_custom_sampler as custom  # noqa: E402
 
-import nodes  # noqa: E402
-
-SOURCE, TARGET = "a cat riding a bicycle", "a dog riding a bicycle"
 STEPS, CFG, SEED = 6, 5.0, 11
 
 STOCHASTIC_KNOWN = ["euler_ancestral", "euler_ancestral_cfg_pp", "exp_heun_2_x0_sde", "dpm_2_ancestral",
@@ -27,27 +29,12 @@ STOCHASTIC = [name for name in comfy.samplers.KSampler.SAMPLERS if name in STOCH
 the first test below."""
 
 
-def encode(clip, text):
-    return nodes.CLIPTextEncode().encode(clip, text)[0]
-
-
 def ksample(model, clip, positive, latent, sampler):
-    return nodes.common_ksampler(model, SEED, STEPS, CFG, sampler, "normal", positive, encode(clip, "blurry"),
-                                 latent)[0]["samples"]
+    return sampling.ksample(model, clip, positive, latent, sampler, seed=SEED)
 
 
 def plain(model, clip, text, latent, sampler):
-    """Sampling one prompt alone (a batch of one), as a user would without the pack."""
-    one = {**latent, "samples": latent["samples"][:1], "batch_index": latent["batch_index"][:1]}
-    return ksample(model, clip, encode(clip, text), one, sampler)[0]
-
-
-def replace(p2p, model, clip, target=TARGET, cross=0.8, self_=0.4, **kwargs):
-    return p2p["ReplaceEdit"]().apply(model, clip, SOURCE, target, cross, self_, 64, 64, **kwargs)
-
-
-def assert_close(a, b):
-    assert float((a - b).abs().max()) <= 1e-5 * max(1.0, float(b.abs().max())), float((a - b).abs().max())
+    return sampling.plain(model, clip, text, latent, sampler=sampler, seed=SEED)
 
 
 def test_the_list_is_every_sampler_of_comfyui_that_draws_step_noise(sd1):
@@ -126,3 +113,44 @@ def test_stores_chained_edits_and_word_windows_under_an_sde_sampler(p2p, sd1):
     out = ksample(stored, clip, positive, latent, "dpmpp_2m_sde")
     assert_close(out[0], plain(model, clip, SOURCE, latent, "dpmpp_2m_sde"))
     assert record.maps().rows() == [0, 1, 2] and not torch.allclose(out[1], out[2])
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_the_adaptive_sampler_is_refused_since_its_steps_depend_on_every_row(p2p, sd1, error, eta):
+    """dpm_adaptive's step control reads an error over the whole batch: with eta 0 the source row came out 1.3 off
+    the source alone, with eta 1 (its own noise) 190. KSampler offers it too."""
+    model, clip = sd1
+    patched, positive, latent = replace(p2p, model, clip)
+    sampler = comfy.samplers.ksampler("dpm_adaptive", {"eta": eta, "s_noise": 1.0})  # as SamplerDPMAdaptative
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "normal", STEPS)
+    noise = comfy.sample.prepare_noise(latent["samples"], SEED, latent["batch_index"])
+    with pytest.raises(error, match="dpm_adaptive sampler chooses its step sizes"):
+        comfy.sample.sample_custom(patched, noise, CFG, sampler, sigmas, positive, encode(clip, "blurry"),
+                                   latent["samples"], seed=SEED)
+    with pytest.raises(error, match="dpm_adaptive"):
+        ksample(patched, clip, positive, latent, "dpm_adaptive")
+
+
+def test_a_sampler_that_is_not_comfys_and_takes_no_noise_sampler_is_warned_about(p2p, sd1, caplog):
+    """A sampler node of another pack that draws its step noise with torch.randn_like cannot be given shared noise:
+    the rows drift apart (165 of 408 measured), which the log says."""
+    model, clip = sd1
+    patched, positive, latent = replace(p2p, model, clip)
+
+    @torch.no_grad()
+    def sample_own_noise(model, x, sigmas, extra_args=None, callback=None, disable=None):
+        for i in range(len(sigmas) - 1):
+            denoised = model(x, sigmas[i] * x.new_ones([x.shape[0]]), **(extra_args or {}))
+            x = denoised + torch.randn_like(x) * sigmas[i + 1]
+        return x
+
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "normal", STEPS)
+    noise = comfy.sample.prepare_noise(latent["samples"], SEED, latent["batch_index"])
+    with caplog.at_level(logging.WARNING):
+        comfy.sample.sample_custom(patched, noise, CFG, comfy.samplers.KSAMPLER(sample_own_noise), sigmas, positive,
+                                   encode(clip, "blurry"), latent["samples"], seed=SEED)
+    assert "'own_noise' is not one of ComfyUI's" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        ksample(patched, clip, positive, latent, "euler_ancestral")
+    assert "not one of ComfyUI's" not in caplog.text

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import executor
 import pytest
+import sampling
 import tiny
 import torch
+from sampling import SOURCE, TARGET
 
 tiny.import_comfy()
 import nodes  # noqa: E402
 
-SOURCE, TARGET = "a cat riding a bicycle", "a dog riding a bicycle"
 LEVEL = "1/2"  # the tiny UNets have cross-attention at 1/1 and 1/2 of the latent side
 
 
@@ -32,7 +33,7 @@ def store(p2p, model, clip, prompt=SOURCE, width=64, height=64, start=0.0, end=1
 
 
 def replace(p2p, model, clip, target=TARGET, size=128):
-    return p2p["ReplaceEdit"]().apply(model, clip, SOURCE, target, 0.8, 0.4, size, size)
+    return sampling.replace(p2p, model, clip, target=target, size=size)
 
 
 def blend(p2p, model, clip, threshold=0.8, edit_words="dog", **kwargs):

@@ -39,6 +39,8 @@ OVERSIZED = {
     "a 1 MB prompt": {"kind": "replace", "source": "cat " * 250_000, "targets": ["dog " * 250_000]},
     "a 5000-word refine": {"kind": "refine", "source": "a house " * 2500, "targets": ["a wooden house " * 1700]},
     "65 targets": {"kind": "blend", "source": "a cat", "targets": ["a dog"] * 65},
+    "65 subtract words": {"kind": "blend", "source": "a cat", "targets": ["a dog"] * 64,
+                          "subtract_words": ", ".join(["cat"] * 65)},
     "many small fields": {"kind": "blend", "source": "a cat", "targets": ["a dog"] * 60, "edit_words": "x" * 300_000},
 }
 

@@ -14,6 +14,7 @@ import pack
 import pytest
 import tiny
 import torch
+from sampling import encode
 
 tiny.import_comfy()
 import nodes  # noqa: E402
@@ -41,10 +42,6 @@ def demo(p2p):
 @pytest.fixture(scope="module")
 def toy():
     return pack.module("toy.scenes"), pack.module("toy.measure")
-
-
-def encode(clip, text):
-    return nodes.CLIPTextEncode().encode(clip, text)[0]
 
 
 def sample(model, clip, positive, latent, seed):

@@ -6,29 +6,25 @@ from __future__ import annotations
 import executor
 import pack
 import pytest
+import sampling
 import tiny
 import torch
+from sampling import SOURCE, TARGET, assert_close, encode, replace
 
 tiny.import_comfy()
 import comfy_extras.nodes_custom_sampler as custom  # noqa: E402
 
 import nodes  # noqa: E402
 
-SOURCE, TARGET = "a cat riding a bicycle", "a dog riding a bicycle"
 STEPS, CFG, SEED = 10, 5.0, 7
 
 
 def negative(clip):
-    return nodes.CLIPTextEncode().encode(clip, "blurry")[0]
-
-
-def replace(p2p, model, clip, cross=0.8, self_=0.4, **kwargs):
-    return p2p["ReplaceEdit"]().apply(model, clip, SOURCE, TARGET, cross, self_, 64, 64, **kwargs)
+    return encode(clip, sampling.NEGATIVE)
 
 
 def ksample(model, clip, positive, latent, sampler="euler", denoise=1.0):
-    return nodes.common_ksampler(model, SEED, STEPS, CFG, sampler, "normal", positive, negative(clip), latent,
-                                 denoise=denoise)[0]["samples"]
+    return sampling.ksample(model, clip, positive, latent, sampler, steps=STEPS, denoise=denoise)
 
 
 def two_stages(model, clip, positive, latent, split):
@@ -38,10 +34,6 @@ def two_stages(model, clip, positive, latent, split):
                             0, split, "enable")[0]
     return advanced.sample(model, "disable", SEED, STEPS, CFG, "euler", "normal", positive, negative(clip), first,
                            split, 10000, "disable")[0]["samples"]
-
-
-def assert_close(a, b):
-    assert float((a - b).abs().max()) <= 1e-5 * max(1.0, float(b.abs().max())), float((a - b).abs().max())
 
 
 def spy(model):

@@ -5,30 +5,25 @@ from __future__ import annotations
 
 import executor
 import pytest
+import sampling
 import tiny
 import torch
+from sampling import SOURCE, TARGET, assert_close, comfy_node, encode
 
 tiny.import_comfy()
 import comfy.ldm.modules.attention as comfy_attention  # noqa: E402
 
 import nodes  # noqa: E402
 
-SOURCE, TARGET = "a cat riding a bicycle", "a dog riding a bicycle"
 CFG = 5.0
 
 
-def encode(clip, text):
-    return nodes.CLIPTextEncode().encode(clip, text)[0]
-
-
 def ksample(model, clip, positive, latent, steps=4, cfg=CFG):
-    return nodes.common_ksampler(model, 7, steps, cfg, "euler", "normal", positive, encode(clip, "blurry"),
-                                 latent)[0]["samples"]
+    return sampling.ksample(model, clip, positive, latent, steps=steps, cfg=cfg)
 
 
 def replace(p2p, model, clip, **kwargs):
-    return p2p["ReplaceEdit"]().apply(model, clip, SOURCE, TARGET, 0.8, 0.4, 64, 64, self_attention_layers="all",
-                                      **kwargs)
+    return sampling.replace(p2p, model, clip, self_attention_layers="all", **kwargs)
 
 
 def layer_keys(model):
@@ -95,6 +90,51 @@ def test_a_foreign_patch_that_computes_attention_itself_stops_the_run(p2p, sd1, 
         combined = with_replace_patch(patched, kind, by_itself)
     with pytest.raises(error, match=f"replaced the {names} .* of layer \\('input', 1, 0\\)"):
         ksample(combined, clip, positive, latent)
+
+
+def as_ipadapter_plus_writes_it(q, k, v, extra_options):
+    """IPAdapter Plus's Attn2Replace: ComfyUI's attention without transformer_options, plus its image-prompt term."""
+    out = comfy_attention.optimized_attention(q, k, v, extra_options["n_heads"])
+    return out + 0.1 * out.mean()
+
+
+def test_ipadapter_plus_as_written_is_refused_with_the_reason(p2p, sd1, error):
+    """Its call reaches ComfyUI's attention but not the hook, which is found only in transformer_options."""
+    model, clip = sd1
+    patched, positive, latent = replace(p2p, model, clip)
+    with pytest.raises(error, match="without its transformer_options \\(IPAdapter Plus\\)"):
+        ksample(with_replace_patch(patched, "attn2", as_ipadapter_plus_writes_it), clip, positive, latent)
+
+
+def test_perturbed_attention_guidance_composes_its_perturbed_pass_runs_unedited(p2p, sd1):
+    """PAG replaces the middle block's self-attention only in an extra pass of its own; the edit's identities hold
+    with it (the source row is the source prompt sampled alone with PAG; closed windows give the target alone)."""
+    import comfy_extras.nodes_pag as pag
+
+    model, clip = sd1
+    guided = comfy_node(pag.PerturbedAttentionGuidance, model=model, scale=3.0)
+    patched, positive, latent = replace(p2p, guided, clip)
+    one = {**latent, "samples": latent["samples"][:1], "batch_index": [0]}
+    source_alone = ksample(guided, clip, encode(clip, SOURCE), one)[0]
+    assert_close(ksample(patched, clip, positive, latent)[0], source_alone)
+    closed = p2p["ReplaceEdit"]().apply(guided, clip, SOURCE, TARGET, 0.0, 0.0, 64, 64)[0]
+    assert_close(ksample(closed, clip, positive, latent)[1], ksample(guided, clip, encode(clip, TARGET), one)[0])
+    assert not torch.allclose(source_alone, ksample(model, clip, encode(clip, SOURCE), one)[0])  # PAG acts
+
+
+def test_self_attention_guidance_is_refused_where_the_edit_shares_its_layer(p2p, sd1, error):
+    """SAG computes the middle block's self-attention itself in the edit's own pass: the edit cannot share it
+    there (refused, naming SAG); an edit that shares no self-attention composes with it."""
+    import comfy_extras.nodes_sag as sag
+
+    model, clip = sd1
+    guided = comfy_node(sag.SelfAttentionGuidance, model=model, scale=0.5, blur_sigma=2.0)
+    patched, positive, latent = replace(p2p, guided, clip)
+    with pytest.raises(error, match="Self-Attention Guidance"):
+        ksample(patched, clip, positive, latent)
+    no_sharing = p2p["ReplaceEdit"]().apply(guided, clip, SOURCE, TARGET, 0.8, 0.0, 64, 64)[0]
+    one = {**latent, "samples": latent["samples"][:1], "batch_index": [0]}
+    assert_close(ksample(no_sharing, clip, positive, latent)[0], ksample(guided, clip, encode(clip, SOURCE), one)[0])
 
 
 def test_a_foreign_attention_override_is_refused_either_way(p2p, sd1, error):

@@ -194,3 +194,20 @@ def test_command_line_zero_steps_or_size_is_not_ignored(option):
               "2": {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 512}}}
     headless.apply_overrides(prompt, headless.Overrides(**{option: 0}), {})
     assert 0 in (prompt["1"]["inputs"]["steps"], prompt["2"]["inputs"]["width"], prompt["2"]["inputs"]["height"])
+
+
+def test_command_line_ckpt_path_is_the_file_given_not_a_same_named_one_comfyui_finds_first(tmp_path, monkeypatch):
+    """`run --ckpt PATH`: ComfyUI looks a checkpoint up by name, in its folders in order; the given file's folder
+    must come first, or a same-named file in models/checkpoints is loaded instead."""
+    import copy
+
+    import folder_paths
+
+    monkeypatch.setattr(folder_paths, "folder_names_and_paths", copy.deepcopy(folder_paths.folder_names_and_paths))
+    theirs, mine = tmp_path / "models", tmp_path / "mine"
+    for folder in (theirs, mine):
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"x")
+    folder_paths.add_model_folder_path("checkpoints", str(theirs), is_default=True)
+    name = pack.module("nodes.headless")._checkpoint(str(mine / "model.safetensors"), "")
+    assert folder_paths.get_full_path("checkpoints", name) == str(mine / "model.safetensors")
