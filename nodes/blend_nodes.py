@@ -55,6 +55,7 @@ def subtract_columns(prompts: tuple[PromptTokens, ...], words: list[str],
 class LocalBlendMask:
     """Local blend (paper section 3.3): edit only where the chosen words are."""
 
+    SEARCH_ALIASES = ["local blend", "local edit", "mask", "p2p", "prompt to prompt", "prompt-to-prompt"]
     DESCRIPTION = ("Local blend: builds a mask per edited row from the cross-attention maps of chosen words (the "
                    "source's and the edit's, united) and keeps the edited image equal to the source outside it. "
                    "Connect after the last edit node; see the masks with Show Attention.")

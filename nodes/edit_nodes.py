@@ -194,6 +194,8 @@ class _EditNode:
 class ReplaceEdit(_EditNode):
     """Word swap: the edited prompt borrows the source's attention, word for word."""
 
+    SEARCH_ALIASES = ["swap", "word swap", "replace word", "p2p", "prompt to prompt", "prompt-to-prompt",
+                      "edit prompt", "cross attention"]
     DESCRIPTION = ("Prompt-to-Prompt word swap ('a cat riding a bicycle' -> 'a dog riding a bicycle'): samples the "
                    "source and the edited prompt in lockstep and gives the edited prompt the source's attention "
                    "maps, so only the swapped thing changes. Chain edit nodes to add more edited rows.")
@@ -205,6 +207,8 @@ class ReplaceEdit(_EditNode):
 class RefineEdit(_EditNode):
     """Refinement: added words get their own attention, the rest follows the source."""
 
+    SEARCH_ALIASES = ["refine", "add words", "add a word", "p2p", "prompt to prompt", "prompt-to-prompt",
+                      "edit prompt"]
     DESCRIPTION = ("Prompt-to-Prompt refinement ('a house' -> 'a wooden house'): aligns the two prompts' tokens; "
                    "shared tokens take the source's attention maps, added words keep their own.")
     KIND = "refine"
@@ -221,6 +225,8 @@ class RefineEdit(_EditNode):
 class Reweight:
     """Scale chosen words' attention, alone or on top of the last edit."""
 
+    SEARCH_ALIASES = ["reweight", "word weight", "attention weight", "emphasis", "p2p", "prompt to prompt",
+                      "prompt-to-prompt"]
     DESCRIPTION = ("Prompt-to-Prompt attention reweighting: scale how much chosen words act on the image "
                    "(e.g. 'fluffy' x3, x0.5 to weaken it, or negative to push it away), during the "
                    "cross-attention window. Alone it adds a row that repeats the source prompt; after a "

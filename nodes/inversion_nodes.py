@@ -324,6 +324,8 @@ def _differentiable(model):
 class NullTextInvert:
     """Invert a photo so Prompt-to-Prompt can edit it."""
 
+    SEARCH_ALIASES = ["inversion", "invert", "invert image", "null-text", "null text inversion", "ddim inversion",
+                      "real image", "edit photo", "p2p", "prompt to prompt"]
     DESCRIPTION = ("Inverts an image latent (VAE Encode) into the noise a sampler turns back into the image under "
                    "the source prompt, for editing real photos: connect its MODEL and LATENT to an edit node, then "
                    "sample with KSamplerAdvanced (add_noise disable, same steps and scheduler, ddim or euler). Modes: "

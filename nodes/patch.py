@@ -147,9 +147,10 @@ class EditPatch:
         if self.plan.rows:
             self.check_lockstep(noise)
             check_edit_sampler(sampler)
+        self.check_guider(guider)
         self.check_positive(guider.conds.get("positive", []))
         options = guider.model_options["transformer_options"]
-        options[POSITIVE_KEY] = self.positive_entries(guider)
+        options[POSITIVE_KEY] = frozenset(entry.get("uuid") for entry in guider.conds.get("positive", ()))
         options[OWN_REPLACED_KEY] = replaced_layers(options)
         model_sampling = guider.model_patcher.get_model_object("model_sampling")
         continuation = not bool(noise.any())
@@ -175,23 +176,21 @@ class EditPatch:
             out = blend_rows(out, recorder.last_masks)
         return out
 
-    def positive_entries(self, guider) -> frozenset:
-        """The ids of the guider's positive conditioning entries: a model call's chunks are told apart by the entry
-        each came from (ComfyUI's `uuids`), not by their place, which is the entry's index in the guider's own
-        list (DualCFGGuider evaluates [negative, middle, positive], so index 0 is its negative)."""
-        entries = guider.conds.get("positive")
+    def check_guider(self, guider) -> None:
+        """Refuse a guider whose model calls the edit cannot tell apart or keep apart. The edit finds its rows
+        by the conditioning entry a call's chunk came from (POSITIVE_KEY, see positive_chunks), so any guider
+        with a 'positive' entry is told apart; Perp-Neg is not kept apart."""
         if "empty_negative_prompt" in guider.conds and self.plan.rows:
             raise PromptToPromptError(
                 f"{type(guider).__name__} (Perp-Neg) projects the negative prediction onto the positive over the "
                 "whole batch at once, so the source and edited rows would steer each other's guidance and the "
                 "source row would not be the picture its prompt gives alone. Sample the edit with KSampler, or "
                 "SamplerCustomAdvanced with CFGGuider or DualCFGGuider.")
-        if not entries and (self.plan.rows or self.state.recorder is not None):
+        if not guider.conds.get("positive") and (self.plan.rows or self.state.recorder is not None):
             raise PromptToPromptError(
                 f"The guider {type(guider).__name__} gives the model no 'positive' conditioning, so "
                 "Prompt-to-Prompt cannot tell which rows of its model calls hold the edit's prompts. Sample with "
                 "KSampler, or SamplerCustomAdvanced with CFGGuider, BasicGuider or DualCFGGuider.")
-        return frozenset(entry.get("uuid") for entry in entries or ())
 
     def check_lockstep(self, noise: torch.Tensor) -> None:
         rows = self.plan.num_rows
@@ -424,8 +423,10 @@ def replaced_layers(transformer_options: dict) -> frozenset:
 
 
 def positive_chunks(transformer_options: dict) -> tuple[bool, ...]:
-    """For each conditioning chunk of a model call, whether it came from the sampler's positive entries (see
-    EditPatch.positive_entries); by index (0 is the positive) where the call carries no entry ids."""
+    """For each conditioning chunk of a model call, whether it came from the sampler's positive entries: told
+    by the entry each chunk came from (ComfyUI's `uuids`), not by its place, which is the entry's index in the
+    guider's own list (DualCFGGuider evaluates [negative, middle, positive], so index 0 is its negative); by
+    index (0 is the positive) where the call carries no entry ids."""
     uuids = transformer_options.get("uuids")
     positive = transformer_options.get(POSITIVE_KEY)
     if uuids is None or positive is None:

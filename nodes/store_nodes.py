@@ -76,6 +76,7 @@ def level_input(default: str = "1/4") -> tuple:
 class AttentionStore:
     """Record the cross-attention maps of a sampling run (averaged over steps, layers and heads)."""
 
+    SEARCH_ALIASES = ["attention", "attention map", "record attention", "cross attention", "p2p", "prompt to prompt"]
     DESCRIPTION = ("Records the cross-attention maps of the next sampling run with this MODEL: a running average "
                    "per prompt row, over the chosen steps and the layers of one level, in constant memory. "
                    "Connect its ATTENTION_STORE and the decoded images to Show Attention to see them.")
@@ -144,6 +145,8 @@ class AttentionStore:
 class ShowAttention:
     """Draw recorded attention: per-token heatmaps, word masks, and the local-blend masks used."""
 
+    SEARCH_ALIASES = ["heatmap", "attention map", "show attention", "word mask", "visualize attention", "p2p",
+                      "prompt to prompt"]
     DESCRIPTION = ("Shows what an AttentionStore or LocalBlendMask recorded during sampling: one heatmap per token of "
                    "a row's prompt over that row's image, a MASK per chosen word, the local-blend mask each "
                    "edited row used, and the principal components of the row's self-attention maps.")

@@ -20,6 +20,7 @@ MODEL_FILE = Path(os.environ.get("PROMPT_TO_PROMPT_DEMO_MODEL")
 
 
 class DemoModelLoader:
+    SEARCH_ALIASES = ["demo", "toy model", "try without a checkpoint", "p2p", "prompt to prompt"]
     DESCRIPTION = (f"Loads the pack's tiny demo model: an SD1.x-shaped model trained on {SIZE}x{SIZE} pictures of "
                    "flat-colour shapes. It knows only captions like 'on a white background, a big red circle and a "
                    "small blue square' (words: " + ", ".join(vocabulary()) + "). Name the background first for its "

@@ -244,3 +244,21 @@ def test_a_store_and_a_blend_chained_keep_both_recordings(p2p, sd1, store_first)
     stored = first_record if store_first else last_record
     assert stored.maps().rows() == [0, 1] and stored.recorder.self_store.rows() == [0, 1]
     assert first_record.recorder.last_masks is not None and last_record.recorder.last_masks is not None
+
+
+SEARCHED = {"swap": "ReplaceEdit", "word swap": "ReplaceEdit", "p2p": "ReplaceEdit", "add words": "RefineEdit",
+            "reweight": "Reweight", "local blend": "LocalBlendMask", "attention map": "ShowAttention",
+            "heatmap": "ShowAttention", "attention": "AttentionStore", "inversion": "NullTextInvert",
+            "invert": "NullTextInvert", "demo": "PromptToPromptDemoModel"}
+
+
+def test_what_users_type_in_node_search_finds_the_pack_nodes(p2p, tiny_server):
+    """The front end's node search reads each node's search aliases from /object_info (ComfyUI 0.33 publishes
+    them; 0.3.64 and 0.8 do not, and their search knows only names and categories)."""
+    import live_server
+
+    info = live_server.get_json(tiny_server + "/object_info")
+    published = "search_aliases" in info["KSampler"]
+    for term, node in SEARCHED.items():
+        aliases = info[node]["search_aliases"] if published else p2p[node].SEARCH_ALIASES
+        assert term in aliases, (term, node, aliases)
