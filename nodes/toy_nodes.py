@@ -2,7 +2,7 @@
 
 It runs every example without downloading a checkpoint. The node exists only where the model file does
 (toy/prompt_to_prompt_toy.safetensors, which the pack ships, or the file PROMPT_TO_PROMPT_DEMO_MODEL names), so a
-pack installed without it still loads (README, "The toy world").
+pack installed without it still loads (docs/toy-world.md).
 """
 
 from __future__ import annotations

@@ -188,8 +188,8 @@ def main() -> int:
 
     if not hosts:
         banner = "NO ComfyUI FOUND: THE HOST SUITE DID NOT RUN (only the host-free tests in tests/core)."
-        print(f"\n{'!' * len(banner)}\n{banner}\nSet COMFYUI_PATH to your ComfyUI folder(s), or see README "
-              f"'Tests' for where ComfyUI is looked for.\n{'!' * len(banner)}\n", flush=True)
+        print(f"\n{'!' * len(banner)}\n{banner}\nSet COMFYUI_PATH to your ComfyUI folder(s), or see docs/tests.md "
+              f"for where ComfyUI is looked for.\n{'!' * len(banner)}\n", flush=True)
         env = {key: value for key, value in os.environ.items() if key != "COMFYUI_PATH"}
         start = time.monotonic()
         code, counts = run_pytest(host_free_python(), ["tests/core"], env)

@@ -42,7 +42,7 @@ SECOND_LEARNING_RATE = 4e-4
 FINETUNE_LEARNING_RATE = 2e-4
 #: Offset noise: a per-sample, per-channel constant of this std added to the training noise. SD's schedule keeps
 #: some signal at t=999, so a model trained without it cannot move a picture's mean away from its starting
-#: noise's, and a toy world of flat white and black backgrounds came out mid-gray (README, "The toy world").
+#: noise's, and a toy world of flat white and black backgrounds came out mid-gray (docs/toy-world.md).
 OFFSET_NOISE = 0.1
 
 

@@ -3,7 +3,7 @@ every example workflow loaded, its token previews rendered, then queued against 
 checkpoint saved in ComfyUI's format; and the headless command line on the same checkpoint.
 
 Skips with the reason when Chromium or Playwright is missing. Screenshots go to P2P_SCREENSHOTS (default: a
-temporary folder); `P2P_SCREENSHOTS=docs/images` refreshes the README's pictures.
+temporary folder); `P2P_SCREENSHOTS=docs/images` refreshes the pictures of docs/.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Every number is measured on pictures by colour segmentation (toy/measure.py), from fixed seeds. Each threshold
 was set from the measured value with a margin (the measured value is in the test's docstring), and each test was
-seen to fail once with its feature broken (README, "See it work").
+seen to fail once with its feature broken (docs/demo.md).
 """
 
 from __future__ import annotations
