@@ -23,6 +23,7 @@ from ..p2p_core.align import refine_mapping, swap_mapping
 from ..p2p_core.errors import PromptToPromptError
 from ..p2p_core.schedule import parse_word_windows
 from ..p2p_core.tokens import MAX_CHUNKS, PromptTokens, TokenizeFn
+from .blend_nodes import edit_word_lists, split_words, subtract_columns
 from .text import tokenize_for_preview
 
 ROUTE = "/prompt_to_prompt/tokens"
@@ -171,17 +172,26 @@ def preview(request: PreviewRequest) -> dict[str, Any]:
         _mark(targets[0], window_words, "window", tokenize, target_marks[0], warnings)
     if kind == "reweight":
         reweighted = targets[-1] if targets else source
-        _mark(reweighted, _words(request.words), "reweighted", tokenize,
+        _mark(reweighted, split_words(request.words), "reweighted", tokenize,
               target_marks[-1] if targets else source_marks, warnings)
     if kind == "blend":
-        _mark(source, _words(request.source_words), "blended", tokenize, source_marks, warnings)
-        entries = [_words(e) for e in request.edit_words.split(";")]
-        for i, target in enumerate(targets):
-            words = entries[0] if len(entries) == 1 else entries[i] if i < len(entries) else []
-            _mark(target, words, "blended", tokenize, target_marks[i], warnings)
-        subtract = _words(request.subtract_words)
-        for prompt, marks in [(source, source_marks)] + list(zip(targets, target_marks)):
-            _mark(prompt, [w for w in subtract if _has(prompt, w, tokenize)], "subtracted", tokenize, marks, [])
+        _mark(source, split_words(request.source_words), "blended", tokenize, source_marks, warnings)
+        try:  # LocalBlendMask's own reading of the words, so the preview warns of what the node refuses
+            entries = edit_word_lists(request.edit_words, len(targets))
+        except PromptToPromptError as failure:
+            warnings.append(str(failure))
+            entries = [[] for _ in targets]
+        for target, words, marks in zip(targets, entries, target_marks):
+            _mark(target, words, "blended", tokenize, marks, warnings)
+        for word in split_words(request.subtract_words):
+            try:
+                found = subtract_columns((source, *targets), [word], tokenize)
+            except PromptToPromptError as failure:
+                warnings.append(str(failure))
+                continue
+            for marks, positions in zip([source_marks, *target_marks], found):
+                for position in positions:
+                    marks.setdefault(position, set()).add("subtracted")
     rows = [_row("source", source, source_status, source_marks)]
     rows += [_row(f"edit {i + 1}", t, s, m) for i, (t, s, m) in enumerate(zip(targets, target_status, target_marks))]
     return {"rows": rows, "warnings": warnings, "error": error}
@@ -192,14 +202,6 @@ def answer_body(body: bytes) -> dict[str, Any]:
     """The preview of a raw request body (raises RequestError for one the route refuses). Answers are kept for
     the last bodies asked: a graph of several edit nodes asks the same ones again as the user switches nodes."""
     return preview(PreviewRequest.from_json(body))
-
-
-def _has(prompt: PromptTokens, word: str, tokenize: TokenizeFn) -> bool:
-    try:
-        prompt.find(word, tokenize)
-        return True
-    except PromptToPromptError:
-        return False
 
 
 def _safe_windows(text: str, warnings: list[str]) -> list:

@@ -95,6 +95,15 @@ function chip(token) {
 
 function render(el, answer) {
   el.replaceChildren();
+  // Errors and warnings first: at the node's default size they must show without scrolling.
+  for (const [text, colour, cls] of [...(answer.error ? [[answer.error, "#ef5350", "p2p-error"]] : []),
+                                      ...answer.warnings.map((w) => [w, "#ffb74d", "p2p-warning"])]) {
+    const line = document.createElement("div");
+    line.className = cls;
+    line.textContent = `⚠ ${text}`;
+    line.style.cssText = `font:11px sans-serif;color:${colour};white-space:normal`;
+    el.append(line);
+  }
   for (const row of answer.rows) {
     const line = document.createElement("div");
     line.className = "p2p-row";
@@ -102,14 +111,6 @@ function render(el, answer) {
     label.textContent = `${row.label}: `;
     label.style.cssText = "font:11px sans-serif;color:#999;margin-right:2px";
     line.append(label, ...row.tokens.map(chip));
-    el.append(line);
-  }
-  for (const [text, colour, cls] of [...answer.warnings.map((w) => [w, "#ffb74d", "p2p-warning"]),
-                                      ...(answer.error ? [[answer.error, "#ef5350", "p2p-error"]] : [])]) {
-    const line = document.createElement("div");
-    line.className = cls;
-    line.textContent = `⚠ ${text}`;
-    line.style.cssText = `font:11px sans-serif;color:${colour};white-space:normal`;
     el.append(line);
   }
   const legend = document.createElement("div");

@@ -152,7 +152,11 @@ def test_a_word_missing_from_the_prompt_shows_a_warning_in_the_node(server, page
     reweight["widgets_values"][1] = "unicorn"
     page.evaluate("async (wf) => { await app.loadGraphData(wf); }", workflow)
     page.wait_for_selector(".p2p-token-preview[data-p2p-preview='warning']", timeout=60_000)
-    assert "'unicorn' is not a word" in page.locator(".p2p-warning").first.inner_text()
+    warning = page.locator(".p2p-warning").first
+    assert "'unicorn' is not a word" in warning.inner_text()
+    # shown at the node's default size, above the token rows, not below the fold of the box
+    box = page.locator(".p2p-token-preview[data-p2p-preview='warning']").first.bounding_box()
+    assert warning.bounding_box()["y"] < box["y"] + box["height"]
     close_up(page, screenshots() / "preview-warning.png")
 
 

@@ -138,3 +138,20 @@ def test_two_copies_of_the_pack_still_start_the_server_and_serve_the_route(tmp_p
     with live_server.running(base) as url:
         status, answer = live_server.post(url + ROUTE, {"kind": "replace", "source": "a cat", "targets": ["a dog"]})
     assert status == 200 and [row["label"] for row in answer["rows"]] == ["source", "edit 1"]
+
+
+@pytest.mark.parametrize("words", [{"subtract_words": "bicycle"}, {"edit_words": "dog; horse"}],
+                         ids=["a subtract word in no prompt", "two edit-word entries for one edited row"])
+def test_the_preview_warns_of_exactly_what_local_blend_refuses(p2p, sd1, error, words):
+    """The preview said 'ready' for a subtract word that the run then refused: both now read the words with
+    LocalBlendMask's own code, so the preview shows the node's message."""
+    model, clip = sd1
+    source, target = "a cat on a mat", "a dog on a mat"
+    inputs = {"source_words": "cat", "edit_words": "dog", "subtract_words": "", **words}
+    edited = p2p["ReplaceEdit"]().apply(model, clip, source, target, 0.8, 0.4, 64, 64)[0]
+    with pytest.raises(error) as refused:
+        p2p["LocalBlendMask"]().apply(edited, clip, inputs["source_words"], inputs["edit_words"], 0.3, 0.2, "1/2",
+                                      subtract_words=inputs["subtract_words"])
+    body = json.dumps({"kind": "blend", "source": source, "targets": [target], **inputs}).encode()
+    answer = pack.module("nodes.token_preview").answer_body(body)
+    assert str(refused.value) in answer["warnings"]
