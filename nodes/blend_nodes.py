@@ -9,10 +9,10 @@ from ..p2p_core.errors import PromptToPromptError
 from ..p2p_core.store import MapAccumulator, Recorder
 from ..p2p_core.tokens import PromptTokens, TokenizeFn
 from .edit_nodes import CATEGORY
+from .families import family
 from .patch import KEY, EditPatch, EditState
 from .store_nodes import LEVELS, AttentionRecord, level_input
 from .text import word_tokenizer
-from .unet import check_level
 
 
 def split_words(text: str) -> list[str]:
@@ -106,13 +106,13 @@ class LocalBlendMask:
             raise PromptToPromptError(
                 "Local blend needs an edit to blend: connect LocalBlendMask's model input to the MODEL output of a "
                 "Replace, Refine or Reweight node.")
-        plan, tokenize = state.plan, word_tokenizer(clip)
+        plan, tokenize = state.plan, word_tokenizer(clip, family(model).text_key)
         word_lists = [split_words(source_words)] + edit_word_lists(edit_words, len(plan.rows))
         spec = BlendSpec(
             words=tuple(columns(p, w, tokenize) for p, w in zip(plan.prompts, word_lists)),
             subtract=subtract_columns(plan.prompts, split_words(subtract_words), tokenize),
             threshold=threshold, subtract_threshold=threshold, start=start,
-            level=check_level(model, LEVELS[level]))
+            level=family(model).check_level(LEVELS[level]))
         recorder = (state.recorder or Recorder()).extended(blend=MapAccumulator(spec.level))
         state = replace(state, recorder=recorder, blend=spec)
         return EditPatch.install(model, state), AttentionRecord(recorder, tokenize)

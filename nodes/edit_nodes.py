@@ -21,9 +21,10 @@ from ..p2p_core.plan import (
     self_layer_level,
 )
 from ..p2p_core.schedule import Window, parse_word_windows
+from ..p2p_core.tokens import PromptTokens
+from .families import Family, family
 from .patch import INVERSION_KEY, KEY, EditPatch, EditState, same_rows
 from .text import batch_conditioning, encode_prompt, tokenize_prompt, word_tokenizer
-from .unet import transformer_levels
 
 CATEGORY = "prompt-to-prompt"
 MAX_RESOLUTION = 16384
@@ -111,9 +112,21 @@ def start_or_continue(model, clip, source_prompt: str, role: str = "source promp
                 f"('{inversion.prompt}') encoded by this CLIP, but the edit's source row is that prompt, so the edit "
                 "would not start from the photo. Disconnect NullTextInvert's positive input (or connect CLIP Text "
                 "Encode of the same prompt with the same CLIP).")
-    transformer_levels(model)  # fail early, with the model family in the message
-    source = require_words(tokenize_prompt(clip, source_prompt), role, fix)
+    key = family(model).text_key  # fails early, with the model family in the message
+    source = require_words(tokenize_prompt(clip, source_prompt, key), role, fix)
     return EditState(EditPlan(source), (encode_prompt(clip, source_prompt, model),))
+
+
+def check_same_length(model_family: Family, source: PromptTokens, target: PromptTokens) -> PromptTokens:
+    """``target``, if a joint model can sample it beside ``source``: there text keys share the softmax with the
+    image's, so ComfyUI's way of batching contexts of different lengths (repeating the shorter) would change the
+    picture, where a UNet's cross-attention is unchanged by it."""
+    if model_family.joint and target.length != source.length:
+        raise PromptToPromptError(
+            f"On {model_family.name} the source and edited prompts must encode to the same number of text tokens, "
+            f"but '{source.text}' gives {source.length} and '{target.text}' gives {target.length}: {model_family.name} "
+            "pads every prompt to a common length, and one of these is longer. Shorten the longer prompt.")
+    return target
 
 
 def finish(model, state: EditState, width: int, height: int, latent: dict | None) -> tuple:
@@ -183,9 +196,10 @@ class _EditNode:
               self_replace_steps: float, width: int, height: int, latent: dict | None = None,
               word_windows: str = "", self_attention_layers: str = "auto") -> tuple:
         state = start_or_continue(model, clip, source_prompt)
-        target = tokenize_prompt(clip, target_prompt)
+        key = family(model).text_key
+        target = check_same_length(family(model), state.plan.source, tokenize_prompt(clip, target_prompt, key))
         row = edit_row(self.KIND, state.plan.source, target, Window(0.0, cross_replace_steps),
-                       Window(0.0, self_replace_steps), parse_word_windows(word_windows), word_tokenizer(clip),
+                       Window(0.0, self_replace_steps), parse_word_windows(word_windows), word_tokenizer(clip, key),
                        self_layer_level(self_attention_layers, inverted(model)))
         state = state.with_row(state.plan.add_row(row), encode_prompt(clip, target_prompt, model))
         return finish(model, state, width, height, latent)
@@ -260,7 +274,7 @@ class Reweight:
         cross, self_window = Window(0.0, cross_replace_steps), Window(0.0, self_replace_steps)
         self_level = self_layer_level(self_attention_layers, inverted(model))
         names = [w.strip() for w in words.split(",") if w.strip()]
-        tokenize = word_tokenizer(clip)
+        tokenize = word_tokenizer(clip, family(model).text_key)
         if apply_to == "last edit" and plan.rows:
             last = plan.rows[-1]
             factors = reweight_factors(last.prompt, names, scale, tokenize)

@@ -22,8 +22,10 @@ from ..p2p_core.attention import cross_attention, edited_row_pairs, record_self_
 from ..p2p_core.blend import BlendSpec, blend_masks, blend_rows
 from ..p2p_core.edits import EditPlan, StepEdit
 from ..p2p_core.errors import PromptToPromptError
+from ..p2p_core.joint import JointRow, joint_attention
 from ..p2p_core.store import MapAccumulator, Recorder, Run
 from ..p2p_core.trajectory import StepClock, Trajectory
+from .families import Family, family
 from .sampler_run import (
     CORRECTOR_SAMPLERS,
     check_edit_sampler,
@@ -33,7 +35,7 @@ from .sampler_run import (
     whole_trajectory,
 )
 from .text import batch_conditioning
-from .unet import LayerKey, transformer_levels
+from .unet import LayerKey
 
 KEY = "prompt_to_prompt"
 INVERSION_KEY = "prompt_to_prompt_inversion"
@@ -74,6 +76,8 @@ class LayerCursor:
     level: int = 0
     busy: bool = False
     served: bool = True
+    calls: int = 0
+    """Joint models: the attention calls made so far in this model call (see joint_attention)."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,8 @@ class CallState:
     context_tokens: int
     positive: tuple[bool, ...]
     replaced_for_guidance: frozenset
+    image_grid: tuple[int, int] = (0, 0)
+    """Joint models: the image tokens' grid (rows, columns) for this call's latent."""
     cursor: LayerCursor = field(default_factory=LayerCursor)
 
 
@@ -99,10 +105,11 @@ class EditPatch:
     changes); what it keeps across runs, the recorder's maps and the trajectories of runs that stopped partway,
     serves a later run that continues them."""
 
-    def __init__(self, state: EditState, levels: dict[LayerKey, int]) -> None:
+    def __init__(self, state: EditState, model_family: Family) -> None:
         self.state = state
         self.plan = state.plan
-        self.levels = levels
+        self.family = model_family
+        self.levels = model_family.layers
         self.positive = batch_conditioning(list(state.encodings))[0][0] if state.encodings else None
         self.stopped: list[Trajectory] = []
         """Trajectories of runs that stopped partway (with leftover noise), which a later run may continue."""
@@ -110,7 +117,7 @@ class EditPatch:
     @classmethod
     def install(cls, model, state: EditState):
         """A clone of `model` with this state's attention control (replacing an earlier node's of the pack)."""
-        patch = cls(state, transformer_levels(model))
+        patch = cls(state, family(model))
         clone = model.clone()
         options = clone.model_options["transformer_options"]
         foreign = options.get(OVERRIDE)
@@ -123,8 +130,9 @@ class EditPatch:
         for name in ("attn1_patch", "attn2_patch"):
             if name in patches:
                 patches[name] = [p for p in patches[name] if not isinstance(getattr(p, "__self__", None), EditPatch)]
-        clone.set_model_attn1_patch(patch.before_self_attention)
-        clone.set_model_attn2_patch(patch.before_cross_attention)
+        if not patch.family.joint:  # a joint model's attention calls are counted (see joint_attention)
+            clone.set_model_attn1_patch(patch.before_self_attention)
+            clone.set_model_attn2_patch(patch.before_cross_attention)
         options[OVERRIDE] = patch.attention
         wrappers = comfy.patcher_extension.WrappersMP
         return attach(clone, KEY, state, {wrappers.APPLY_MODEL: patch.apply_model,
@@ -291,7 +299,8 @@ class EditPatch:
                           recorder.recording(step, steps) if recorder is not None else (),
                           recorder.recording_self(step, steps) if recorder is not None else (),
                           c_crossattn.shape[1] if c_crossattn is not None else 0, positive_chunks(transformer_options),
-                          replaced_layers(transformer_options) - transformer_options.get(OWN_REPLACED_KEY, frozenset()))
+                          replaced_layers(transformer_options) - transformer_options.get(OWN_REPLACED_KEY, frozenset()),
+                          self.family.image_grid(*x.shape[-2:]))
         out = executor(x, t, c_concat, c_crossattn, control, {**transformer_options, KEY: state}, **kwargs)
         self.check_served(state.cursor)
         return out
@@ -339,6 +348,8 @@ class EditPatch:
 
     def attention(self, func, q, k, v, heads, *args, **kwargs):
         """ComfyUI's attention call, edited where this layer has Prompt-to-Prompt work."""
+        if self.family.joint:
+            return self.joint_attention(func, q, k, v, heads, *args, **kwargs)
         options = kwargs.get("transformer_options") or {}
         state: CallState | None = options.get(KEY)
         cursor = state.cursor if state is not None else None
@@ -374,6 +385,41 @@ class EditPatch:
             record_self_attention(q, k, heads, [row for row, _ in record], recorder)
         return fused(q, k, v, heads)
 
+    def joint_attention(self, func, q, k, v, heads, *args, **kwargs):
+        """A joint (text and image) attention call: the model's blocks call attention in a fixed order (every
+        double block, then every single block), so the call's place in that order names its block, on every
+        ComfyUI (0.3.x sets no block name in the options). Flux passes [B, heads, L, dim], text first."""
+        options = kwargs.get("transformer_options") or {}
+        state: CallState | None = options.get(KEY)
+        if state is None:
+            return func(q, k, v, heads, *args, **kwargs)
+        keys, cursor = list(self.levels), state.cursor
+        key = keys[cursor.calls] if cursor.calls < len(keys) else None
+        cursor.calls += 1
+        rows = [JointRow(source, row, state.cross[i], state.shares_self[i])
+                for source, row, i in self.row_pairs(state, q.shape[0])
+                if state.cross[i] is not None or state.shares_self[i]]
+        cursor.key, cursor.level = key, self.levels.get(key, 0)
+        recording = key is not None and key[0] == "double"  # maps from the double blocks (docs/models.md)
+        record, recorder = self.recorder_at(state.recording, state, options, q.shape[0]) if recording else ([], None)
+        if not rows and recorder is None:
+            return func(q, k, v, heads, *args, **kwargs)
+        text, image = state.context_tokens, state.image_grid[0] * state.image_grid[1]
+        if args or kwargs.get("mask") is not None or q.dim() != 4 or q.shape[2] != text + image:
+            raise PromptToPromptError(
+                f"A joint attention call of this {self.family.name} model has {tuple(q.shape)} queries"
+                f"{' and an attention mask' if kwargs.get('mask') is not None else ''}, not the {text} text and "
+                f"{image} image tokens of the sampled latent, so the edit cannot find its words there. Another node "
+                "adds tokens or masks to this model's attention (reference images such as Flux Kontext's, regional "
+                "prompts): remove it, or sample it without Prompt-to-Prompt.")
+
+        def fused(q_: torch.Tensor, k_: torch.Tensor, v_: torch.Tensor) -> torch.Tensor:
+            out = func(q_, k_, v_, heads, **kwargs)  # [B, L, heads * dim]
+            return out.reshape(q_.shape[0], q_.shape[2], heads, -1).transpose(1, 2)
+
+        out = joint_attention(q, k, v, text, rows, fused, [row for row, _ in record], recorder)
+        return out.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1)
+
     def row_pairs(self, state: CallState, batch: int) -> list[tuple[int, int, int]]:
         if not self.plan.rows:
             return []
@@ -399,7 +445,7 @@ class EditPatch:
         if not record:
             return [], None
         offset = record[0][0]
-        layer_shape = tuple(options["activations_shape"][-2:])
+        layer_shape = state.image_grid if self.family.joint else tuple(options["activations_shape"][-2:])
 
         def recorder(row: int, maps: torch.Tensor) -> None:
             for accumulator in recording:

@@ -24,8 +24,8 @@ from ..p2p_core.schedule import Window
 from ..p2p_core.store import MapAccumulator, Recorder, Run, self_attention_components, token_heatmaps
 from ..p2p_core.tokens import PromptTokens, TokenizeFn
 from .edit_nodes import CATEGORY, MAX_RESOLUTION, finish, start_or_continue
+from .families import family
 from .text import word_tokenizer
-from .unet import check_level
 
 LEVELS = {"1/4": 4, "1/2": 2, "1/8": 8, "1/1": 1}
 LEVEL_TOOLTIP = ("Which layers: those whose feature map is this fraction of the latent's side. 1/4 is the paper's "
@@ -130,7 +130,13 @@ class AttentionStore:
                 "Set end above start: 0 to 1 records every step.")
         state = start_or_continue(model, clip, prompt, "'prompt' input of Attention Store",
                                   "write the prompt to sample and record, or connect an edit node's MODEL")
-        level_number, window = check_level(model, LEVELS[level]), Window(start, end)
+        model_family = family(model)
+        if self_attention and model_family.joint:
+            raise PromptToPromptError(
+                f"{model_family.name}'s image tokens attend to each other in the same attention as to the text, "
+                "and recording those image x image maps is not supported: turn self_attention off on Attention "
+                "Store (the word maps are recorded either way).")
+        level_number, window = model_family.check_level(LEVELS[level]), Window(start, end)
         store = MapAccumulator(level_number, window)
         self_store = MapAccumulator(level_number, window) if self_attention else None
         recorder = (state.recorder or Recorder()).extended(store=store, self_store=self_store)
@@ -139,7 +145,8 @@ class AttentionStore:
         if self_attention:  # refused here, before sampling; the sampler checks again for another latent
             latent_h, latent_w = out_latent["samples"].shape[-2:]
             check_self_map_pixels(math.ceil(latent_h / level_number) * math.ceil(latent_w / level_number))
-        return patched, positive, out_latent, AttentionRecord(state.recorder, word_tokenizer(clip))
+        record = AttentionRecord(state.recorder, word_tokenizer(clip, model_family.text_key))
+        return patched, positive, out_latent, record
 
 
 class ShowAttention:

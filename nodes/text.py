@@ -23,7 +23,7 @@ CLIP_KEYS = ("l", "h", "g")
 
 
 def _sd_tokenizer(clip, key: str) -> sd1_clip.SDTokenizer:
-    return getattr(clip.tokenizer, f"clip_{key}")
+    return getattr(clip.tokenizer, f"clip_{key}", None) or getattr(clip.tokenizer, key)
 
 
 def _word_tokenizer(tokenizer: sd1_clip.SDTokenizer) -> TokenizeFn:
@@ -74,24 +74,33 @@ def _folders(directories: str | list[str]) -> str:
     return ", ".join([directories] if isinstance(directories, str) else sorted(directories))
 
 
-def _clip_key(clip) -> str:
+def _clip_key(clip, key: str | None) -> str:
+    """The token stream that lays out the model's context: ``key`` (the model family's, see families.py), or
+    the CLIP's own CLIP-BPE stream."""
     keys = set(clip.tokenize("", return_word_ids=True))
+    if key is not None:
+        if key not in keys:
+            raise PromptToPromptError(
+                f"This CLIP has the {', '.join(sorted(keys))} text encoder(s), but the model reads {key} text: "
+                "connect the text encoders made for this model (for Flux, DualCLIPLoader with type flux, or the "
+                "checkpoint's own CLIP).")
+        return key
     for key in CLIP_KEYS:
         if key in keys:
             return key
     raise PromptToPromptError(
         f"This CLIP ({', '.join(sorted(keys))} text encoder) is not supported: Prompt-to-Prompt works with "
-        "the CLIP text encoders of SD1.x, SD2.x and SDXL checkpoints.")
+        "the CLIP text encoders of SD1.x, SD2.x and SDXL checkpoints and the T5 of Flux.")
 
 
-def word_tokenizer(clip) -> TokenizeFn:
-    """The per-word tokenizer used to look words up in prompts of this CLIP."""
-    return _word_tokenizer(_sd_tokenizer(clip, _clip_key(clip)))
+def word_tokenizer(clip, key: str | None = None) -> TokenizeFn:
+    """The per-word tokenizer used to look words up in prompts of this CLIP (``key``: see `_clip_key`)."""
+    return _word_tokenizer(_sd_tokenizer(clip, _clip_key(clip, key)))
 
 
-def tokenize_prompt(clip, text: str) -> PromptTokens:
-    """Where each word of `text` lands in the context this CLIP encodes it to."""
-    key = _clip_key(clip)
+def tokenize_prompt(clip, text: str, key: str | None = None) -> PromptTokens:
+    """Where each word of `text` lands in the context this CLIP encodes it to (``key``: see `_clip_key`)."""
+    key = _clip_key(clip, key)
     return _locate(text, lambda: clip.tokenize(text, return_word_ids=True)[key], _sd_tokenizer(clip, key))
 
 
@@ -132,7 +141,8 @@ def encode_prompt(clip, text: str, model) -> tuple[torch.Tensor, dict]:
 
 def check_text_width(cond: torch.Tensor, model, subject: str) -> None:
     """Refuse text conditioning `model` cannot attend to, naming `subject` (where it came from) and the fix."""
-    width = model.model.model_config.unet_config.get("context_dim")
+    config = model.model.model_config.unet_config
+    width = config.get("context_dim", config.get("context_in_dim"))
     if width is not None and cond.shape[-1] != width:
         raise PromptToPromptError(
             f"{subject} {cond.shape[-1]} values wide, but this model attends to text {width} wide: connect the "

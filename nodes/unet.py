@@ -51,13 +51,3 @@ def transformer_levels(model) -> dict[LayerKey, int]:
     if not levels:
         raise PromptToPromptError(f"This {type(network).__name__} has no cross-attention layers to edit.")
     return levels
-
-
-def check_level(model, level: int) -> int:
-    """`level` if the model has cross-attention at that level, else a clear error listing the ones it has."""
-    available = sorted(set(transformer_levels(model).values()))
-    if level not in available:
-        names = ", ".join(f"1/{lv}" for lv in available)
-        raise PromptToPromptError(
-            f"This model has no cross-attention at 1/{level} of the latent's side; its levels are {names}.")
-    return level

@@ -8,6 +8,10 @@ is tokenized on its own (CLIP's BPE never merges across whitespace, so the piece
 segment's tokens) and takes the next tokens of its segment. Positions are flat indices into the encoded
 context (chunk * 77 + index), so long prompts, SD2's OpenCLIP tokenizer and SDXL's two tokenizers (same
 layout) all work the same way.
+
+T5's SentencePiece (Flux, SD3) lays its context out as one chunk: words, an end token, padding (no start token),
+and marks the *first* piece of a word ('\u2581red') where CLIP marks the last ('red</w>'); `Token.starts_word` and
+`ends_word` read both, and the chunk length is the stream's own.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from .errors import PromptToPromptError
 
 WORD_END = "</w>"
 """CLIP BPE marks the last piece of every pre-tokenized word (letters, a number, a punctuation mark)."""
+WORD_START = "\u2581"
+"""SentencePiece (T5) marks the first piece of every whitespace-separated word."""
 
 MAX_CHUNKS = 16
 """The longest prompt an edit takes, in ComfyUI's chunks of 75 tokens. Token mappings are dense
@@ -54,6 +60,17 @@ class Token:
     def ends_word(self) -> bool:
         return self.text.endswith(WORD_END)
 
+    @property
+    def starts_word(self) -> bool:
+        return self.text.startswith(WORD_START)
+
+
+def word_boundary(before: Token, after: Token) -> bool:
+    """Whether a word may end between two tokens: a tokenizer's word mark, or punctuation on either side
+    (SentencePiece keeps 'circle,' as '\u2581circle' ',', and "circle" must match it, as it does on CLIP)."""
+    return (before.ends_word or after.starts_word or not before.text[-1:].isalnum()
+            or not after.text[:1].isalnum())
+
 
 @dataclass(frozen=True)
 class Word:
@@ -78,10 +95,12 @@ class PromptTokens:
     text: str
     ids: tuple[int, ...]
     words: tuple[Word, ...]
+    chunk: int = CHUNK
+    """Tokens per chunk of the context: 77 for CLIP, the whole context for T5."""
 
     @property
     def length(self) -> int:
-        """Token columns of this prompt's context (77 per chunk)."""
+        """Token columns of this prompt's context (77 per chunk for CLIP)."""
         return len(self.ids)
 
     @property
@@ -104,9 +123,9 @@ class PromptTokens:
         """Columns after the end token of each chunk (a chunk is start, words, end, padding)."""
         ends = {}
         for position in (p for w in self.words for p in w.positions):
-            chunk = position // CHUNK
-            ends[chunk] = max(ends.get(chunk, 0), position % CHUNK)
-        return tuple(p for p in range(self.length) if p % CHUNK > ends.get(p // CHUNK, 0) + 1)
+            chunk = position // self.chunk
+            ends[chunk] = max(ends.get(chunk, 0), position % self.chunk)
+        return tuple(p for p in range(self.length) if p % self.chunk > ends.get(p // self.chunk, 0) + 1)
 
     def find(self, phrase: str, tokenize: TokenizeFn) -> tuple[int, ...]:
         """Columns of every occurrence of `phrase` (one or more words), whole pieces only.
@@ -123,9 +142,10 @@ class PromptTokens:
             run = content[start:start + len(query)]
             if [t.id for t in run] != query:
                 continue
-            if start > 0 and not content[start - 1].ends_word:
+            if start > 0 and not word_boundary(content[start - 1], run[0]):
                 continue
-            if not run[-1].ends_word:
+            after = start + len(query)
+            if after < len(content) and not word_boundary(run[-1], content[after]):
                 continue
             hits.extend(t.position for t in run)
         if not hits:
@@ -170,7 +190,8 @@ def locate_words(text: str, stream: Sequence[Sequence[StreamToken]], pieces: Seq
             if [token for _, token in span] != [tid for tid, _ in tokens]:
                 raise PromptToPromptError(
                     f"Could not find the tokens of '{word}' in the tokenized prompt '{text}'. This tokenizer "
-                    "is not one Prompt-to-Prompt supports (SD1.x, SD2.x and SDXL CLIP tokenizers are).")
+                    "is not one Prompt-to-Prompt supports (the CLIP tokenizers of SD1.x, SD2.x and SDXL and the T5 "
+                    "of Flux are).")
             if tokens:
                 words.append(Word(word, tuple(Token(p, tid, piece_text)
                                               for (p, _), (tid, piece_text) in zip(span, tokens))))
@@ -180,7 +201,7 @@ def locate_words(text: str, stream: Sequence[Sequence[StreamToken]], pieces: Seq
                 f"The prompt '{text}' tokenized differently word by word than as a whole; "
                 "Prompt-to-Prompt cannot place its words.")
     ids = tuple(token if isinstance(token, int) else embedded.get(p, -1) for p, (token, _, _) in enumerate(flat))
-    return PromptTokens(text=text, ids=ids, words=tuple(words))
+    return PromptTokens(text=text, ids=ids, words=tuple(words), chunk=len(stream[0]) if stream else CHUNK)
 
 
 def embedding_token_id(word: str, index: int) -> int:
@@ -227,6 +248,9 @@ def readable(pieces: Sequence[str]) -> list[str]:
     texts = []
     for piece in pieces:
         raw = piece.removesuffix(WORD_END)
+        if raw.startswith(WORD_START):  # SentencePiece: the word's first piece, whitespace marked
+            texts.append(raw.removeprefix(WORD_START))
+            continue
         if any(c not in _BYTES for c in raw):
             texts.append(raw)
             continue

@@ -105,23 +105,62 @@ def text_encoder(clip: Any) -> torch.nn.Module:
     return clip.cond_stage_model.clip_l
 
 
+def sparse_rows(state: dict[str, torch.Tensor], key: str, ids: list[int]) -> dict[str, torch.Tensor]:
+    """``state`` with its token embedding ``key`` kept for ``ids`` only (as ``token_ids`` and ``token_rows``): the
+    toy grammar uses a few dozen of tens of thousands of rows, and the file has a 20 MB budget."""
+    state = dict(state)
+    table = state.pop(key)
+    kept = torch.tensor(sorted(set(ids)), dtype=torch.int32)
+    return state | {"token_ids": kept, "token_rows": table[kept.long()]}
+
+
+def dense_rows(state: dict[str, torch.Tensor], key: str, vocabulary: int) -> dict[str, torch.Tensor]:
+    """The inverse of ``sparse_rows``: every token the grammar never uses gets a zero vector."""
+    state = dict(state)
+    ids, rows = state.pop("token_ids"), state.pop("token_rows")
+    table = torch.zeros(vocabulary, rows.shape[1])
+    table[ids.long()] = rows
+    return state | {key: table}
+
+
+def write_parts(path: Path, parts: dict[str, dict[str, torch.Tensor]], metadata: dict[str, str]) -> None:
+    """One .safetensors of every part's tensors under ``part.``, floats in fp16."""
+    from safetensors.torch import save_file
+
+    tensors = {f"{prefix}.{k}": v for prefix, state in parts.items() for k, v in state.items()}
+    tensors = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in tensors.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata=metadata)
+
+
+def read_parts(path: Path, metadata_key: str, kind: str) -> tuple[dict[str, str], dict[str, dict[str, torch.Tensor]]]:
+    """A file of ``write_parts``: its metadata and fp32 parts. ValueError, naming the file, for a file that is no
+    .safetensors or whose metadata lacks ``metadata_key`` (another kind of file)."""
+    from safetensors import SafetensorError, safe_open
+
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    try:
+        handle = safe_open(str(path), framework="pt")
+    except SafetensorError as error:
+        raise ValueError(f"{path} is not a .safetensors file ({error}).") from None
+    with handle:
+        metadata = handle.metadata() or {}
+        if metadata_key not in metadata:
+            raise ValueError(f"{path} is not {kind} (its metadata has no {metadata_key}): use a file written by the "
+                             "pack's toy training (toy/MODEL.md); a checkpoint goes in Load Checkpoint instead.")
+        for key in handle.keys():
+            prefix, _, name = key.partition(".")
+            tensor = handle.get_tensor(key)
+            parts.setdefault(prefix, {})[name] = tensor.float() if tensor.is_floating_point() else tensor
+    return metadata, parts
+
+
 def save(path: Path, config: ToyConfig, unet: torch.nn.Module, text: torch.nn.Module,
          autoencoder: torch.nn.Module, token_ids: list[int]) -> None:
     """Write the three networks in fp16, keeping only the token embeddings of ``token_ids``."""
-    from safetensors.torch import save_file
-
-    tensors = {f"unet.{k}": v for k, v in unet.state_dict().items()}
-    tensors |= {f"vae.{k}": v for k, v in autoencoder.state_dict().items()}
-    for key, value in text.transformer.state_dict().items():
-        if key == TOKEN_EMBEDDING:
-            ids = torch.tensor(sorted(set(token_ids)), dtype=torch.int32)
-            tensors["clip.token_ids"] = ids
-            tensors["clip.token_rows"] = value[ids.long()]
-        else:
-            tensors[f"clip.{key}"] = value
-    tensors = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in tensors.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata={"toy_config": config.to_json()})
+    parts = {"unet": unet.state_dict(), "vae": autoencoder.state_dict(),
+             "clip": sparse_rows(text.transformer.state_dict(), TOKEN_EMBEDDING, token_ids)}
+    write_parts(path, parts, {"toy_config": config.to_json()})
 
 
 def read(path: Path) -> tuple[ToyConfig, dict[str, dict[str, torch.Tensor]]]:
@@ -129,47 +168,33 @@ def read(path: Path) -> tuple[ToyConfig, dict[str, dict[str, torch.Tensor]]]:
 
     Raises ValueError, naming the file, for a file that is no .safetensors or one that ``save`` did not write.
     """
-    from safetensors import SafetensorError, safe_open
+    metadata, parts = read_parts(path, "toy_config", "a demo-model file")
+    parts["clip"] = dense_rows(parts["clip"], TOKEN_EMBEDDING, VOCAB_SIZE)
+    return ToyConfig.from_json(metadata["toy_config"]), parts
 
-    parts: dict[str, dict[str, torch.Tensor]] = {"unet": {}, "clip": {}, "vae": {}}
-    try:
-        handle = safe_open(str(path), framework="pt")
-    except SafetensorError as error:
-        raise ValueError(f"{path} is not a .safetensors file ({error}).") from None
-    with handle:
-        metadata = handle.metadata() or {}
-        if "toy_config" not in metadata:
-            raise ValueError(f"{path} is not a demo-model file (its metadata has no toy_config): use a file written "
-                             "by `python -m toy.train`; a checkpoint goes in Load Checkpoint instead.")
-        config = ToyConfig.from_json(metadata["toy_config"])
-        for key in handle.keys():
-            prefix, _, name = key.partition(".")
-            tensor = handle.get_tensor(key)
-            parts[prefix][name] = tensor.float() if tensor.is_floating_point() else tensor
-    clip = parts["clip"]
-    ids, rows = clip.pop("token_ids"), clip.pop("token_rows")
-    embedding = torch.zeros(VOCAB_SIZE, rows.shape[1])
-    embedding[ids.long()] = rows
-    clip[TOKEN_EMBEDDING] = embedding
-    return config, parts
+
+def patcher(base: Any, dtype: torch.dtype | None) -> Any:
+    """``base`` in a ModelPatcher, typed as ComfyUI types a checkpoint's model on this device (or ``dtype``)."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+
+    dtype = dtype or mm.unet_dtype(model_params=1, supported_dtypes=[torch.float16, torch.bfloat16, torch.float32])
+    base.diffusion_model.to(dtype)
+    base.diffusion_model.dtype = dtype
+    base.eval()
+    return comfy.model_patcher.ModelPatcher(base, load_device=mm.get_torch_device(),
+                                            offload_device=mm.unet_offload_device())
 
 
 def load(path: Path, dtype: torch.dtype | None = None) -> tuple[Any, Any, Any, ToyConfig]:
     """The demo model as ComfyUI's (ModelPatcher, CLIP, VAE), placed and typed as ComfyUI places a checkpoint, or
     with the UNet in ``dtype`` (the tests run the fp16 and bf16 a user's GPU would on the CPU)."""
-    import comfy.model_management as mm
-    import comfy.model_patcher
     import comfy.sd
 
     config, parts = read(path)
     base = build_unet(config)
     base.diffusion_model.load_state_dict(parts["unet"])
-    dtype = dtype or mm.unet_dtype(model_params=1, supported_dtypes=[torch.float16, torch.bfloat16, torch.float32])
-    base.diffusion_model.to(dtype)
-    base.diffusion_model.dtype = dtype
-    base.eval()
-    model = comfy.model_patcher.ModelPatcher(base, load_device=mm.get_torch_device(),
-                                             offload_device=mm.unet_offload_device())
+    model = patcher(base, dtype)
     clip = build_clip(config)
     text_encoder(clip).transformer.load_state_dict(parts["clip"])
     vae = comfy.sd.VAE(sd=parts["vae"], config={"params": config.vae_params()})

@@ -185,29 +185,33 @@ def vae_psnr(autoencoder: torch.nn.Module, seed: int, count: int = 200) -> float
 
 
 @torch.no_grad()
-def encode_scenes(autoencoder: torch.nn.Module, clip, count: int, seed: int,
-                  counts: tuple[float, ...] | None = None, background_first: bool = False) -> dict[str, torch.Tensor]:
-    """``count`` seeded scenes on the model's backgrounds as latent means and stds (fp16) and their CLIP tokens
-    (``counts`` and ``background_first`` as in `scene_batch`; batches of an even size keep every second)."""
-    rng, means, stds, tokens, start = np.random.default_rng(seed), [], [], [], time.time()
+def encode_scenes(autoencoder: torch.nn.Module, tokenizers: dict[str, Callable[[str], list[int]]], count: int,
+                  seed: int, counts: tuple[float, ...] | None = None, background_first: bool = False
+                  ) -> dict[str, torch.Tensor]:
+    """``count`` seeded scenes on the model's backgrounds as latent means and stds (fp16) and, under each name of
+    ``tokenizers``, their captions' tokens (``counts`` and ``background_first`` as in `scene_batch`; batches of an
+    even size keep every second)."""
+    rng, means, stds, start = np.random.default_rng(seed), [], [], time.time()
+    tokens: dict[str, list[list[int]]] = {name: [] for name in tokenizers}
     for done in range(0, count, 250):
         pixels, captions = scene_batch(rng, min(250, count - done), scenes.MODEL_BACKGROUNDS, counts,
                                        background_first)
         mean, logvar = moments(autoencoder, pixels)
         means.append(mean.half())
         stds.append((0.5 * logvar).exp().half())
-        tokens += [token_ids(clip, c) for c in captions]
+        for name, tokenize in tokenizers.items():
+            tokens[name] += [tokenize(c) for c in captions]
         progress("encode", done + len(captions), count, start, 0.0)
-    return {"mean": torch.cat(means), "std": torch.cat(stds), "tokens": torch.tensor(tokens)}
+    return {"mean": torch.cat(means), "std": torch.cat(stds)} | {k: torch.tensor(v) for k, v in tokens.items()}
 
 
 def token_ids(clip, caption: str) -> list[int]:
     return [token for token, _ in clip.tokenize(caption)["l"][0]]
 
 
-def used_tokens(data: dict[str, torch.Tensor], clip) -> list[int]:
+def used_tokens(tokens: torch.Tensor, empty: list[int]) -> list[int]:
     """The tokens of the scenes' captions and of the empty one: all the text encoder ever reads in training."""
-    return sorted({int(t) for t in data["tokens"].unique()} | set(token_ids(clip, "")))
+    return sorted({int(t) for t in tokens.unique()} | set(empty))
 
 
 class CaptionRows:
@@ -243,13 +247,37 @@ class CaptionRows:
             self.tables[1].weight[self.ids] = self.average
 
 
-def batches(data: dict[str, torch.Tensor], size: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def batches(data: dict[str, torch.Tensor], size: int, seed: int, keys: tuple[str, ...] = ("tokens",)
+            ) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Endless random batches: latents drawn from the scenes' latent distributions, scaled, and ``keys``' rows."""
     generator = torch.Generator().manual_seed(seed)
     while True:
         pick = torch.randint(len(data["mean"]), (size,), generator=generator)
         latent = data["mean"][pick].float() + data["std"][pick].float() * torch.randn(
             (size, *data["mean"].shape[1:]), generator=generator)
-        yield latent * LATENT_SCALE, data["tokens"][pick]
+        yield (latent * LATENT_SCALE, *(data[key][pick] for key in keys))
+
+
+def average_into(trained: list[tuple[torch.Tensor, torch.Tensor]], step: int) -> None:
+    """One EMA step of every (parameter, average) pair, with the usual warm-up of the decay."""
+    decay = min(EMA, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for mine, average in trained:
+            average.lerp_(mine, 1 - decay)
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` beside ``path`` and move it there, so an interrupted save never leaves half a checkpoint."""
+    torch.save(state, path.with_suffix(".tmp"))
+    path.with_suffix(".tmp").replace(path)
+
+
+def clone_norm_inputs(module: torch.nn.Module) -> None:
+    """Make a network of ComfyUI's trainable: its layers add residuals in place (``x += ...``), which autograd
+    refuses when ``x`` was saved by a norm; a copy of each norm's input keeps inference code untouched."""
+    for layer in module.modules():
+        if "Norm" in type(layer).__name__:
+            layer.register_forward_pre_hook(lambda _, inputs: tuple(x.clone() for x in inputs))
 
 
 def adopt_vae(source: Path, work: Path, config: model.ToyConfig) -> None:
@@ -339,13 +367,9 @@ def train_unet(config: model.ToyConfig, data: dict[str, torch.Tensor], clip, ste
     for network in (unet, text):
         network.train()
         network.requires_grad_(True)
-    for name, layer in text.named_modules():
-        if name.endswith(("layer_norm1", "layer_norm2")):
-            # ComfyUI's CLIP layers add residuals in place (x += ...), which autograd refuses when x was saved by
-            # the layer norm; a copy of its input keeps inference code untouched and makes training legal.
-            layer.register_forward_pre_hook(lambda _, inputs: tuple(x.clone() for x in inputs))
+    clone_norm_inputs(text)
     ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text).requires_grad_(False)
-    rows = CaptionRows(text, ema_text, used_tokens(data, clip))
+    rows = CaptionRows(text, ema_text, used_tokens(data["tokens"], token_ids(clip, "")))
     trained = [(mine, average) for network, ema in ((unet, ema_unet), (text.transformer, ema_text.transformer))
                for mine, average in zip(network.parameters(), ema.parameters()) if mine.requires_grad]
     trained.append((rows.rows, rows.average))
@@ -394,10 +418,7 @@ def train_unet(config: model.ToyConfig, data: dict[str, torch.Tensor], clip, ste
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimiser.step()
         schedule.step()
-        decay = min(EMA, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for mine, average in trained:
-                average.lerp_(mine, 1 - decay)
+        average_into(trained, step)
         running = 0.99 * running + 0.01 * loss.item() if step > first else loss.item()
         if step % 100 == 0 or step == steps:
             progress(checkpoint.stem, step - first + 1, steps - first + 1, start, running)
@@ -406,8 +427,7 @@ def train_unet(config: model.ToyConfig, data: dict[str, torch.Tensor], clip, ste
             state = {"step": step, "unet": unet.state_dict(), "text": text.state_dict(),
                      "ema_unet": ema_unet.state_dict(), "ema_text": ema_text.state_dict(),
                      "optimiser": optimiser.state_dict(), "schedule": schedule.state_dict()}
-            torch.save(state, checkpoint.with_suffix(".tmp"))
-            checkpoint.with_suffix(".tmp").replace(checkpoint)
+            save_checkpoint(checkpoint, state)
         if step % 1000 == 0:
             snapshot(ema_unet, ema_text)
     rows.hook.remove()  # the CLIP is the caller's, and a second cycle trains it again
@@ -415,17 +435,22 @@ def train_unet(config: model.ToyConfig, data: dict[str, torch.Tensor], clip, ste
 
 
 @torch.no_grad()
-def caption_accuracy(path: Path, samples: int, seed: int, steps: int = 20, cfg: float = 5.0) -> dict[str, float]:
-    """Sample ``samples`` seeded captions with ComfyUI's KSampler on the loaded file; the share each check passes."""
+def caption_accuracy(path: Path, samples: int, seed: int, steps: int = 20, cfg: float = 5.0,
+                     load: Callable[[Path], tuple[Any, ...]] = model.load, scheduler: str = "normal"
+                     ) -> dict[str, float]:
+    """Sample ``samples`` seeded captions with ComfyUI's KSampler on the file ``load`` reads; the share each check
+    passes."""
     import nodes
 
-    unet, clip, vae, _ = model.load(path)
+    unet, clip, vae, _ = load(path)
     rng = np.random.default_rng(seed)
     captions = [scenes.random_scene(rng, backgrounds=scenes.MODEL_BACKGROUNDS).caption for _ in range(samples)]
-    positive = [[torch.cat([clip.encode_from_tokens(clip.tokenize(c)) for c in captions]), {}]]
-    negative = [[clip.encode_from_tokens(clip.tokenize("")), {}]]
+    encoded = [clip.encode_from_tokens(clip.tokenize(c), return_pooled=True) for c in captions]
+    empty, empty_pooled = clip.encode_from_tokens(clip.tokenize(""), return_pooled=True)
+    positive = [[torch.cat([c for c, _ in encoded]), {"pooled_output": torch.cat([p for _, p in encoded])}]]
+    negative = [[empty, {"pooled_output": empty_pooled}]]
     latent = {"samples": torch.zeros(samples, 4, 16, 16)}
-    sampled = nodes.common_ksampler(unet, seed, steps, cfg, "euler", "normal", positive, negative, latent)[0]
+    sampled = nodes.common_ksampler(unet, seed, steps, cfg, "euler", scheduler, positive, negative, latent)[0]
     images = (vae.decode(sampled["samples"]).clamp(0, 1) * 255).round().byte().numpy()
     checks = [measure.check(image, caption) for image, caption in zip(images, captions)]
     return {name: float(np.mean([getattr(c, name) for c in checks]))
@@ -596,14 +621,15 @@ def main(argv: list[str] | None = None) -> None:
             print(f"[encode] {path} exists: training on its scenes as they were encoded (--counts and "
                   "--background-first shape new scene files only)", flush=True)
         else:
-            torch.save(encode_scenes(autoencoder, clip, count, seed, args.counts, args.background_first), path)
+            torch.save(encode_scenes(autoencoder, {"tokens": lambda c: token_ids(clip, c)}, count, seed, args.counts,
+                                    args.background_first), path)
         return torch.load(path)
 
     if args.finetune is None:
         data = scenes_file("scenes.pt", args.scenes, args.seed + 3)
     else:
         data = scenes_file("finetune_scenes.pt", args.scenes, args.seed + 11)
-    used = used_tokens(data, clip)
+    used = used_tokens(data["tokens"], token_ids(clip, ""))
 
     autoencoder.load_state_dict(torch.load(decoder_file))
 

@@ -31,12 +31,13 @@ _BUNDLES: dict[tuple[str, int], tuple[Any, Any, Any]] = {}
 def tiny_bundle(family: str, seed: int = 0) -> tuple[Any, Any, Any]:
     """(MODEL, CLIP, VAE) for ``family``, cached so repeated loads return the same objects.
 
-    Flux gets the tiny SD1 CLIP (its tiny DiT is sized to accept that conditioning).
+    SD3 and the deep SD1 get the tiny SD1 CLIP.
     """
     key = (family, seed)
     if key not in _BUNDLES:
-        clip_family = "sd1" if family in ("flux", "sd1_deep") else family
-        _BUNDLES[key] = (tiny.make_model(family, seed), tiny.make_clip(clip_family, seed), tiny.make_vae(seed))
+        clip_family = "sd1" if family in ("sd3", "sd1_deep") else family
+        _BUNDLES[key] = (tiny.make_model(family, seed), tiny.make_clip(clip_family, seed),
+                         tiny.make_vae(seed, 16 if family == "flux" else 4))
     return _BUNDLES[key]
 
 

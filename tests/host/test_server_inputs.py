@@ -194,7 +194,8 @@ CASES = [
     Case("replace existing embedding", edit_graph(source_prompt="embedding:tinystyle a cat riding",
                                                   target_prompt="embedding:tinystyle a dog riding")),
     Case("replace on SDXL", edit_graph(family="sdxl")),
-    p2p("replace on Flux", edit_graph(family="flux"), "this model is Flux"),
+    Case("replace on Flux", edit_graph(family="flux")),
+    p2p("replace on SD3", edit_graph(family="sd3"), "this model is SD3"),
     # RefineEdit
     Case("refine defaults", edit_graph("RefineEdit")),
     Case("refine identical prompts", edit_graph("RefineEdit", target_prompt="a house in the snow")),

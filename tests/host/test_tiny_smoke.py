@@ -128,9 +128,12 @@ def test_invalid_workflows_fail_validation() -> None:
 
 
 def test_node_exceptions_are_reported() -> None:
-    # The tiny Flux samples 16-channel latents; decoding them with the 4-channel VAE
-    # raises inside VAEDecode, which the executor reports instead of raising.
-    result = executor.run_workflow(workflow("flux"))
+    # Decoding the tiny SD1's 4-channel latents with the tiny Flux's 16-channel VAE raises inside VAEDecode,
+    # which the executor reports instead of raising.
+    graph = workflow("sd1")
+    graph["9"] = {"class_type": "P2PTestTinyCheckpoint", "inputs": {"family": "flux", "seed": 0}}
+    graph["7"]["inputs"]["vae"] = ["9", 2]
+    result = executor.run_workflow(graph)
     assert not result["success"]
     assert result["error"] is not None and result["error"]["node_id"] == "7"
     assert result["error"]["node_type"] == "VAEDecode"

@@ -77,7 +77,7 @@ def test_training_moves_the_captions_token_rows_in_the_tables_files_keep_and_no_
     key = "transformer.text_model.embeddings.token_embedding.weight"
     initial = fresh.state_dict()[key]
     _, ema_text = train.train_unet(config, data, clip, 2, 8, 0, tmp_path / "unet.pt", lambda *_: None, bf16)
-    used = torch.tensor(train.used_tokens(data, clip))
+    used = torch.tensor(train.used_tokens(data["tokens"], train.token_ids(clip, "")))
     unused = torch.ones(len(initial), dtype=torch.bool)
     unused[used] = False
     tables = {"EMA": ema_text.state_dict()[key], "checkpoint": torch.load(tmp_path / "unet.pt")["text"][key]}

@@ -28,8 +28,9 @@ SKIP_REASON = "host tests need COMFYUI_PATH pointing at a ComfyUI checkout (see 
 
 #: Families accepted by :func:`make_model`; :func:`make_clip` accepts the first three. "sd1_deep" has SD1.5's
 #: four levels (attention at 1/1, 1/2, 1/4 and the middle at 1/8) and uses the sd1 CLIP.
-FAMILIES = ("sd1", "sd2", "sdxl", "flux", "sd1_deep")
+FAMILIES = ("sd1", "sd2", "sdxl", "flux", "sd1_deep", "sd3")
 UNET_FAMILIES = ("sd1", "sd2", "sdxl")
+CLIP_FAMILIES = (*UNET_FAMILIES, "flux")
 
 # --- tiny configs -------------------------------------------------------------------
 
@@ -105,7 +106,8 @@ _SDXL_UNET: dict[str, Any] = {
     "adm_in_channels": 2816,
 }
 
-# Flux: 1 double + 1 single block; txt/vec dims match the tiny SD1 CLIP so it can run.
+# Flux: 2 double + 2 single blocks (so a block's place in the call order matters); txt/vec dims match the tiny
+# CLIP-L and T5.
 _FLUX_DIT: dict[str, Any] = {
     "image_model": "flux",
     "in_channels": 16,
@@ -115,8 +117,8 @@ _FLUX_DIT: dict[str, Any] = {
     "hidden_size": 32,
     "mlp_ratio": 2.0,
     "num_heads": 2,
-    "depth": 1,
-    "depth_single_blocks": 1,
+    "depth": 2,
+    "depth_single_blocks": 2,
     "axes_dim": [4, 6, 6],
     "theta": 10000,
     "patch_size": 2,
@@ -124,6 +126,25 @@ _FLUX_DIT: dict[str, Any] = {
     "guidance_embed": True,
     "dtype": torch.float32,
 }
+
+# SD3: a family the edits refuse (joint attention, context first, no word layout yet): 2 joint blocks, the second
+# with SD3.5's image-only attention.
+_SD3_DIT: dict[str, Any] = {
+    "in_channels": 4,
+    "patch_size": 2,
+    "depth": 2,
+    "adm_in_channels": 2 * CLIP_HIDDEN,
+    "context_embedder_config": {"target": "torch.nn.Linear", "params": {"in_features": CLIP_HIDDEN,
+                                                                         "out_features": 128}},
+    "pos_embed_max_size": 16,
+    "num_patches": 256,
+    "qk_norm": "rms",
+    "x_block_self_attn_layers": [1],
+}
+
+# Flux's T5 (ComfyUI's T5 class, T5-XXL's vocabulary and SentencePiece tokenizer), as wide as the tiny CLIP.
+_TINY_T5_CONFIG: dict[str, Any] = {"d_model": CLIP_HIDDEN, "d_kv": 16, "d_ff": 2 * CLIP_HIDDEN, "num_layers": 2,
+                                   "num_heads": 2}
 
 # VAE: SD layout (4 latent channels, 3 downsamples = 8x), 32 channels everywhere.
 _VAE_DDCONFIG: dict[str, Any] = {
@@ -233,6 +254,9 @@ def init_weights(module: torch.nn.Module, seed: int) -> None:
             else:
                 fan_in = param[0].numel()
                 param.copy_(torch.randn(param.shape, generator=gen) / math.sqrt(fan_in))
+        for name, buffer in module.named_buffers():
+            if name.endswith("pos_embed"):  # SD3's position table is an empty buffer ComfyUI leaves to the file
+                buffer.copy_(torch.randn(buffer.shape, generator=gen))
     for name, tensor in list(module.named_parameters()) + list(module.named_buffers()):
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise AssertionError(f"non-finite tensor {name} after init")
@@ -259,11 +283,12 @@ def _config_classes() -> dict[str, type]:
     class TinySDXL(sm.SDXL):
         unet_extra_config = {**sm.SDXL.unet_extra_config, "num_head_channels": 16}
 
-    return {"sd1": TinySD15, "sd1_deep": TinySD15, "sd2": TinySD20, "sdxl": TinySDXL, "flux": sm.Flux}
+    return {"sd1": TinySD15, "sd1_deep": TinySD15, "sd2": TinySD20, "sdxl": TinySDXL, "flux": sm.Flux,
+            "sd3": sm.SD3}
 
 
 _UNET_CONFIGS: dict[str, dict[str, Any]] = {"sd1": _SD1_UNET, "sd1_deep": _SD1_DEEP_UNET, "sd2": _SD2_UNET,
-                                            "sdxl": _SDXL_UNET, "flux": _FLUX_DIT}
+                                            "sdxl": _SDXL_UNET, "flux": _FLUX_DIT, "sd3": _SD3_DIT}
 
 
 def _model_config(family: str) -> Any:
@@ -282,12 +307,13 @@ def _model_config(family: str) -> Any:
 
 
 def make_model(family: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> comfy.model_patcher.ModelPatcher:
-    """A tiny CPU diffusion model of ``family`` ("sd1", "sd2", "sdxl", "flux"), in ``dtype`` (the same weights,
-    rounded, for fp16 and bf16: CPUs run both).
+    """A tiny CPU diffusion model of ``family`` ("sd1", "sd2", "sdxl", "flux", "sd3"), in ``dtype`` (the same
+    weights, rounded, for fp16 and bf16: CPUs run both).
 
     sd1: EPS BaseModel; sd2: V_PREDICTION BaseModel (attn_precision fp32);
-    sdxl: model_base.SDXL (needs ``pooled_output`` [n, 1280]); flux: model_base.Flux,
-    a non-UNet model for "unsupported family" checks (runs with the tiny sd1 CLIP).
+    sdxl: model_base.SDXL (needs ``pooled_output`` [n, 1280]); flux: model_base.Flux (Flux.1 dev: guidance
+    embedding, 16 latent channels; runs with the tiny Flux CLIP); sd3: model_base.SD3, for "unsupported family"
+    checks.
     """
     import_comfy()
     import comfy.model_base as mb
@@ -302,6 +328,8 @@ def make_model(family: str, seed: int = 0, dtype: torch.dtype = torch.float32) -
         model = mb.BaseModel(config, model_type=mb.ModelType.V_PREDICTION, device=device)
     elif family == "sdxl":
         model = mb.SDXL(config, model_type=mb.ModelType.EPS, device=device)
+    elif family == "sd3":
+        model = mb.SD3(config, device=device)
     else:
         model = mb.Flux(config, device=device)
     init_weights(model, seed)
@@ -321,10 +349,11 @@ def make_clip(family: str, seed: int = 0) -> comfy.sd.CLIP:
 
     sd1: CLIP-L ('l', last layer, EOS padding); sd2: OpenCLIP-H ('h', penultimate,
     pad 0); sdxl: 'l' + 'g' (penultimate, concatenated to 64 channels, pooled from g
-    projected to 1280). The text transformers are 32 wide, 3 layers, 2 heads.
+    projected to 1280); flux: 'l' (pooled) + 't5xxl' (the context, padded to 256 tokens).
+    The text transformers are 32 wide, 3 layers, 2 heads; the T5 32 wide, 2 layers.
     """
-    if family not in UNET_FAMILIES:
-        raise ValueError(f"no tiny CLIP for {family!r}; expected one of {UNET_FAMILIES}")
+    if family not in CLIP_FAMILIES:
+        raise ValueError(f"no tiny CLIP for {family!r}; expected one of {CLIP_FAMILIES}")
     import_comfy()
     import comfy.sd
 
@@ -336,6 +365,7 @@ def make_clip(family: str, seed: int = 0) -> comfy.sd.CLIP:
         "clip_l_model_config": dict(_TINY_TEXT_CONFIG),
         "clip_h_model_config": dict(_TINY_TEXT_CONFIG),
         "clip_g_model_config": dict(_TINY_TEXT_CONFIG),
+        "t5xxl_model_config": dict(_TINY_T5_CONFIG),
     }
     clip = comfy.sd.CLIP(target=target, embedding_directory=None, model_options=options)
     encoder = clip.cond_stage_model
@@ -350,13 +380,13 @@ def make_clip(family: str, seed: int = 0) -> comfy.sd.CLIP:
     return clip
 
 
-def make_vae(seed: int = 0) -> comfy.sd.VAE:
-    """A tiny SD-style ``comfy.sd.VAE`` (AutoencoderKL, 4 latent channels, 8x scale)."""
+def make_vae(seed: int = 0, channels: int = 4) -> comfy.sd.VAE:
+    """A tiny SD-style ``comfy.sd.VAE`` (AutoencoderKL, 8x scale) with 4 latent channels (16 as Flux's)."""
     import_comfy()
     import comfy.sd
     from comfy.ldm.models.autoencoder import AutoencoderKL
 
-    params = {"ddconfig": dict(_VAE_DDCONFIG), "embed_dim": 4}
+    params = {"ddconfig": {**_VAE_DDCONFIG, "z_channels": channels}, "embed_dim": channels}
     # Build once to get a deterministic state dict, then let comfy.sd.VAE load it the
     # normal way (it builds its own AutoencoderKL from `config`).
     donor = AutoencoderKL(**params)

@@ -1,0 +1,176 @@
+"""Word-level edits on Flux (joint attention) sampled by ComfyUI's real samplers on a tiny random-weight Flux.1 dev
+built from ComfyUI's own classes, with ComfyUI's Flux text encoders (CLIP-L pooled, T5 context padded to 256)."""
+
+from __future__ import annotations
+
+import executor
+import pytest
+import tiny
+import torch
+from sampling import SOURCE, TARGET, assert_close, comfy_node, encode, ksample, plain, replace
+
+tiny.import_comfy()
+import nodes  # noqa: E402
+
+#: Flux dev is sampled without a negative (cfg 1: one pass per step); a Flux-shaped model trained with captions
+#: dropped (the toy, SD3-like use) is sampled with CFG: both batch layouts.
+GUIDANCE = (1.0, 3.5)
+
+
+@pytest.fixture(scope="module")
+def flux():
+    model, clip, _ = executor.tiny_bundle("flux")
+    return model, clip
+
+
+def edit(p2p, node, model, clip, *args, **kwargs):
+    return getattr(p2p[node](), "apply")(model, clip, *args, **kwargs)
+
+
+@pytest.mark.parametrize("cfg", GUIDANCE)
+def test_source_row_equals_plain_sampling_of_the_source(p2p, flux, cfg):
+    model, clip = flux
+    patched, positive, latent = replace(p2p, model, clip)
+    out = ksample(patched, clip, positive, latent, cfg=cfg)
+    assert out.shape[:2] == (2, 16)
+    assert_close(out[0], plain(model, clip, SOURCE, latent, cfg=cfg))
+
+
+@pytest.mark.parametrize("cfg", GUIDANCE)
+def test_closed_windows_give_plain_sampling_of_the_target(p2p, flux, cfg):
+    model, clip = flux
+    patched, positive, latent = replace(p2p, model, clip, cross=0.0, self_=0.0)
+    assert_close(ksample(patched, clip, positive, latent, cfg=cfg)[1], plain(model, clip, TARGET, latent, cfg=cfg))
+
+
+def test_identical_prompts_with_full_windows_give_equal_rows(p2p, flux):
+    model, clip = flux
+    patched, positive, latent = replace(p2p, model, clip, target=SOURCE, cross=1.0, self_=1.0)
+    out = ksample(patched, clip, positive, latent)
+    assert_close(out[1], out[0])
+
+
+@pytest.mark.parametrize("cross, self_", [(0.8, 0.0), (0.0, 0.4), (0.8, 0.4)],
+                         ids=["text logits only", "image queries and keys only", "both"])
+def test_each_part_of_a_word_swap_acts_and_keeps_the_source_row(p2p, flux, cross, self_):
+    model, clip = flux
+    patched, positive, latent = replace(p2p, model, clip, cross=cross, self_=self_)
+    out = ksample(patched, clip, positive, latent)
+    target_alone = plain(model, clip, TARGET, latent)
+    assert not torch.allclose(out[1], target_alone, atol=1e-4)
+    assert_close(out[0], plain(model, clip, SOURCE, latent))
+
+
+def test_refine_and_reweight(p2p, flux):
+    model, clip = flux
+    patched, positive, latent = edit(p2p, "RefineEdit", model, clip, "a house in the snow",
+                                     "a wooden house in the snow", 0.8, 0.4, 64, 64)
+    out = ksample(patched, clip, positive, latent)
+    assert_close(out[0], plain(model, clip, "a house in the snow", latent))
+    assert not torch.allclose(out[1], out[0])
+    rows = {}
+    for scale in (1.0, 3.0, -1.0):
+        patched, positive, latent = edit(p2p, "Reweight", model, clip, "a fluffy teddy bear", "fluffy", scale,
+                                         "new row", 0.8, 0.4, 64, 64)
+        rows[scale] = ksample(patched, clip, positive, latent)
+    assert_close(rows[1.0][1], rows[1.0][0])
+    assert not torch.allclose(rows[3.0][1], rows[3.0][0]) and not torch.allclose(rows[-1.0][1], rows[3.0][1])
+
+
+def test_sampler_custom_advanced_with_basic_guider_matches_ksampler(p2p, flux):
+    import comfy_extras.nodes_custom_sampler as custom
+
+    model, clip = flux
+    patched, positive, latent = replace(p2p, model, clip)
+    guided = comfy_node(nodes.NODE_CLASS_MAPPINGS["FluxGuidance"], conditioning=positive, guidance=3.5)
+    guider = custom.BasicGuider().get_guider(patched, guided)[0]
+    sigmas = custom.BasicScheduler().get_sigmas(patched, "simple", 6, 1.0)[0]
+    sampler = custom.KSamplerSelect().get_sampler("euler")[0]
+    noise = custom.RandomNoise().get_noise(7)[0]
+    out = custom.SamplerCustomAdvanced().sample(noise, guider, sampler, sigmas, latent)[0]["samples"]
+    assert_close(out, ksample(patched, clip, guided, latent, cfg=1.0, scheduler="simple"))
+
+
+def test_outside_the_mask_the_edit_keeps_the_source_latent_exactly(p2p, flux):
+    model, clip = flux
+    patched, positive, latent = replace(p2p, model, clip, size=128)
+    blended, record = edit(p2p, "LocalBlendMask", patched, clip, "cat", "dog", 0.8, 0.2, "1/2")
+    out = ksample(blended, clip, positive, latent)
+    mask = record.recorder.last_masks[0]
+    assert bool(mask.any()) and not bool(mask.all()), "the test needs a partial mask"
+    assert float((out[1] - out[0])[:, ~mask].abs().max()) == 0.0
+    assert float((out[1] - out[0])[:, mask].abs().max()) > 0.0
+
+
+def test_stored_maps_are_per_word_distributions_over_the_text(p2p, flux):
+    model, clip = flux
+    patched, positive, latent, record = edit(p2p, "AttentionStore", model, clip, SOURCE, "1/2", 0.0, 1.0, 64, 64)
+    ksample(patched, clip, positive, latent)
+    store = record.recorder.store
+    maps = store.mean(0)
+    assert store.shape == (4, 4) and maps.shape == (4, 4, 256)
+    torch.testing.assert_close(maps.sum(-1), torch.ones(4, 4))
+
+
+def test_show_attention_draws_each_t5_token_and_word_masks(p2p, flux):
+    model, clip = flux
+    vae = executor.tiny_bundle("flux")[2]
+    patched, positive, latent, record = edit(p2p, "AttentionStore", model, clip, SOURCE, "1/2", 0.0, 1.0, 64, 96)
+    images = vae.decode(ksample(patched, clip, positive, latent)).detach()
+    heatmaps, word_masks, _, _ = p2p["ShowAttention"]().show(record, images, 0, "cat, bicycle", 0.6, 3)
+    tokens = record.prompt(0).content
+    assert [t.text for t in tokens][:3] == ["\u2581", "a", "\u2581cat"]  # T5: 'a' is two pieces, no start token
+    assert heatmaps.shape[0] == len(tokens) and word_masks.shape == (2, 96, 64)
+    assert float(word_masks.max()) == pytest.approx(1.0)
+
+
+def test_self_attention_recording_is_refused_with_the_fix(p2p, flux, error):
+    model, clip = flux
+    with pytest.raises(error, match="turn self_attention off"):
+        edit(p2p, "AttentionStore", model, clip, SOURCE, "1/2", 0.0, 1.0, 64, 64, True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_edits_run(p2p, dtype):
+    model = tiny.make_model("flux", dtype=dtype)
+    _, clip, _ = executor.tiny_bundle("flux")
+    patched, positive, latent = replace(p2p, model, clip)
+    out = ksample(patched, clip, positive, latent)
+    assert torch.isfinite(out).all() and not torch.allclose(out[1], out[0])
+    alone = plain(model, clip, SOURCE, latent)
+    assert float((out[0] - alone).abs().max()) < 1e-2 * float(alone.abs().max())
+
+
+def test_plain_sampling_is_bit_identical_after_an_edit(p2p, flux):
+    model, clip = flux
+    latent = {"samples": torch.zeros(1, 16, 8, 8)}
+    before = ksample(model, clip, encode(clip, SOURCE), latent)
+    patched, positive, edit_latent = replace(p2p, model, clip)
+    ksample(patched, clip, positive, edit_latent)
+    assert torch.equal(ksample(model, clip, encode(clip, SOURCE), latent), before)
+
+
+def test_a_level_flux_does_not_attend_at_names_the_one_it_does(p2p, flux, error):
+    model, clip = flux
+    with pytest.raises(error, match="1/4.*2x2 patches.*Choose 1/2"):
+        edit(p2p, "AttentionStore", model, clip, SOURCE, "1/4", 0.0, 1.0, 64, 64)
+
+
+def test_prompts_of_different_text_lengths_are_refused(p2p, flux, error):
+    model, clip = flux
+    long = "a cat riding a bicycle, " + ", ".join(["highly detailed"] * 100)
+    with pytest.raises(error, match="same number of text tokens.*Shorten"):
+        edit(p2p, "RefineEdit", model, clip, "a cat riding a bicycle", long, 0.8, 0.4, 64, 64)
+
+
+def test_a_word_not_in_the_prompt_names_the_words_found(p2p, flux, error):
+    model, clip = flux
+    with pytest.raises(error, match="'horse' is not a word.*'cat'"):
+        edit(p2p, "Reweight", model, clip, SOURCE, "horse", 2.0, "new row", 0.8, 0.4, 64, 64)
+
+
+def test_a_clip_without_flux_text_is_refused(p2p, flux, error):
+    model, _ = flux
+    _, sd1_clip, _ = executor.tiny_bundle("sd1")
+    with pytest.raises(error, match="reads t5xxl text.*DualCLIPLoader"):
+        replace(p2p, model, sd1_clip)

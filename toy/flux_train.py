@@ -1,0 +1,193 @@
+"""Train the joint-attention demo model (flux_model.py) on this CPU, from the UNet demo model's VAE and CLIP-L.
+
+    COMFYUI_PATH=/path/to/ComfyUI python -m toy.flux_train --work /tmp/flux-toy
+
+The VAE (so the latent space) and the CLIP-L (whose pooled vector Flux reads) are the UNet demo model's, frozen:
+the scenes, their encoding, the caption grammar and the measurement are the toy world's (train.py, measure.py).
+What is new is trained here: the Flux-shaped transformer and its T5, with rectified flow (x_t = (1-t) x0 + t e,
+the network predicts e - x0, as ComfyUI's Flux sampling reads it), t logit-normal, captions dropped for CFG.
+
+Seeded and resumable like train.py: the encoded scenes and checkpoints (every 500 steps) stay in --work, a
+snapshot of the EMA model is written every 1000 steps, and the last phase samples 100 captions with ComfyUI's
+KSampler and measures them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import flux_model, model, train
+
+#: Share of steps whose pooled CLIP-L vector is the empty caption's while the T5 words stay: Flux's pooled vector
+#: sums the caption up, and a model that could read the objects from it would leave the words' maps, which the
+#: edits act on, idle.
+POOLED_DROP = 0.3
+#: Half the UNet's peak: transformers trained with AdamW diverge at learning rates a UNet takes.
+LEARNING_RATE = 4e-4
+
+
+def t5_ids(clip: Any, caption: str) -> list[int]:
+    return [token for token, _ in clip.tokenize(caption)["t5xxl"][0]]
+
+
+@torch.no_grad()
+def pooled_vectors(clip_l: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """The frozen CLIP-L's pooled vector of every caption (what FluxClipModel gives the model as ``y``), fp16."""
+    return torch.cat([clip_l(tokens[i:i + 500].tolist())[1].half() for i in range(0, len(tokens), 500)])
+
+
+def train_flux(config: flux_model.FluxToyConfig, data: dict[str, torch.Tensor], clip: Any, steps: int, batch: int,
+               seed: int, checkpoint: Path, snapshot: Callable[[torch.nn.Module, torch.nn.Module], None],
+               bf16: bool, learning_rate: float = LEARNING_RATE) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """Rectified flow with t = sigmoid(N(0, 1)), captions dropped 10 % of the time and the pooled vector alone
+    ``POOLED_DROP`` of the time, EMA, one one-cycle schedule; ``checkpoint`` (every 500 steps) resumes it.
+
+    Runs with ComfyUI's ``in_training`` flag up (where the host has it), as its own training node does: newer
+    ComfyUI applies RoPE with a fused kernel that has no backward, and takes the torch path while it is set.
+    """
+    import comfy.model_management as mm
+
+    training_before = getattr(mm, "in_training", None)
+    mm.in_training = True
+    try:
+        return _train_flux(config, data, clip, steps, batch, seed, checkpoint, snapshot, bf16, learning_rate)
+    finally:
+        mm.in_training = training_before
+
+
+def _train_flux(config: flux_model.FluxToyConfig, data: dict[str, torch.Tensor], clip: Any, steps: int, batch: int,
+                seed: int, checkpoint: Path, snapshot: Callable[[torch.nn.Module, torch.nn.Module], None],
+                bf16: bool, learning_rate: float) -> tuple[torch.nn.Module, torch.nn.Module]:
+    dit = flux_model.build_dit(config).diffusion_model
+    _, t5 = flux_model.encoders(clip)
+    train.initialise(dit, seed)
+    train.initialise(t5.transformer, seed + 1)
+    with torch.no_grad():
+        dit.final_layer.linear.weight.zero_()
+        dit.final_layer.linear.bias.zero_()
+    for network in (dit, t5):
+        network.train()
+        network.requires_grad_(True)
+        train.clone_norm_inputs(network)
+    ema_dit, ema_t5 = copy.deepcopy(dit).requires_grad_(False), copy.deepcopy(t5).requires_grad_(False)
+    empty = torch.tensor(t5_ids(clip, ""))
+    rows = train.CaptionRows(t5, ema_t5, train.used_tokens(data["t5"], empty.tolist()))
+    trained = [(mine, average) for network, ema in ((dit, ema_dit), (t5.transformer, ema_t5.transformer))
+               for mine, average in zip(network.parameters(), ema.parameters()) if mine.requires_grad]
+    trained.append((rows.rows, rows.average))
+    parameters = [mine for mine, _ in trained]
+    optimiser = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, learning_rate, total_steps=steps, pct_start=0.03,
+                                                   final_div_factor=10)
+    first = 1
+    networks = ((dit, "dit"), (t5, "t5"), (ema_dit, "ema_dit"), (ema_t5, "ema_t5"))
+    if checkpoint.exists():
+        state = torch.load(checkpoint, weights_only=False)
+        train.resume(checkpoint, state, (*networks, (optimiser, "optimiser"), (schedule, "schedule")))
+        first = state["step"] + 1
+        print(f"[{checkpoint.stem}] resuming at step {first}", flush=True)
+    rows.read()
+    empty_pooled = data["empty_pooled"].float()
+    stream = train.batches(data, batch, seed + first, ("t5", "pooled"))
+    generator = torch.Generator().manual_seed(seed + first)
+    start, running = time.time(), 0.0
+    for step in range(first, steps + 1):
+        latent, tokens, pooled = next(stream)
+        drop = torch.rand(batch, generator=generator) < train.UNCONDITIONAL
+        tokens = torch.where(drop[:, None], empty, tokens)
+        alone = drop | (torch.rand(batch, generator=generator) < POOLED_DROP)
+        pooled = torch.where(alone[:, None], empty_pooled, pooled.float())
+        t = torch.sigmoid(torch.randn(batch, generator=generator))
+        noise = torch.randn(latent.shape, generator=generator)
+        noisy = (1 - t.view(-1, 1, 1, 1)) * latent + t.view(-1, 1, 1, 1) * noise
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            context = t5(tokens.tolist())[0]
+            predicted = dit(noisy, t, context=context, y=pooled).float()
+        loss = (predicted - (noise - latent)).pow(2).mean()
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimiser.step()
+        schedule.step()
+        train.average_into(trained, step)
+        running = 0.99 * running + 0.01 * loss.item() if step > first else loss.item()
+        if step % 100 == 0 or step == steps:
+            train.progress(checkpoint.stem, step - first + 1, steps - first + 1, start, running)
+        if step % 500 == 0 or step == steps:
+            rows.write()
+            train.save_checkpoint(checkpoint, {
+                "step": step, "dit": dit.state_dict(), "t5": t5.state_dict(), "ema_dit": ema_dit.state_dict(),
+                "ema_t5": ema_t5.state_dict(), "optimiser": optimiser.state_dict(), "schedule": schedule.state_dict()})
+        if step % 1000 == 0:
+            snapshot(ema_dit, ema_t5)
+    rows.hook.remove()
+    return ema_dit.eval(), ema_t5.eval()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", type=Path, required=True, help="folder for resumable intermediate results")
+    shipped = Path(__file__).with_name("prompt_to_prompt_flux_toy.safetensors")
+    parser.add_argument("--output", type=Path, default=shipped, help=f"the model file to write (default {shipped})")
+    parser.add_argument("--unet-model", type=Path, default=Path(__file__).with_name("prompt_to_prompt_toy.safetensors"),
+                        help="the UNet demo-model file whose VAE and CLIP-L this model uses")
+    parser.add_argument("--comfyui", help="ComfyUI folder (default: COMFYUI_PATH)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scenes", type=train.at_least(1), default=24000)
+    parser.add_argument("--steps", type=train.at_least(1), default=12000)
+    parser.add_argument("--batch", type=train.at_least(1), default=32)
+    parser.add_argument("--hidden", type=train.at_least(16), default=flux_model.FluxToyConfig.hidden)
+    parser.add_argument("--fp32", action="store_true", help="train in fp32 (default: bf16 autocast where native)")
+    parser.add_argument("--evaluate", type=train.at_least(1), default=100, help="captions sampled to measure accuracy")
+    args = parser.parse_args(argv)
+    train.use_comfyui(args.comfyui)
+    torch.set_num_threads(args.threads)
+    args.work.mkdir(parents=True, exist_ok=True)
+    began = time.time()
+
+    unet_config, unet_parts = model.read(args.unet_model)
+    config = flux_model.FluxToyConfig(hidden=args.hidden, clip=dataclasses.asdict(unet_config) | {"notes": {}})
+    autoencoder = model.build_autoencoder(unet_config)
+    autoencoder.load_state_dict(unet_parts["vae"])
+    autoencoder.eval()
+    clip = flux_model.build_clip(config)
+    clip_l, _ = flux_model.encoders(clip)
+    clip_l.transformer.load_state_dict(unet_parts["clip"])
+    clip_l.requires_grad_(False)
+    path = args.work / "scenes.pt"
+    if not path.exists():
+        data = train.encode_scenes(autoencoder, {"clip": lambda c: train.token_ids(clip, c),
+                                                 "t5": lambda c: t5_ids(clip, c)}, args.scenes, args.seed + 3)
+        data["pooled"] = pooled_vectors(clip_l, data["clip"])
+        data["empty_pooled"] = pooled_vectors(clip_l, torch.tensor([train.token_ids(clip, "")]))
+        torch.save(data, path)
+    data = torch.load(path)
+    clip_tokens = train.used_tokens(data["clip"], train.token_ids(clip, ""))
+    t5_tokens = train.used_tokens(data["t5"], t5_ids(clip, ""))
+
+    def snapshot(dit: torch.nn.Module, t5: torch.nn.Module) -> None:
+        flux_model.save(args.output, config, dit, clip_l, t5, unet_parts["vae"], clip_tokens, t5_tokens)
+
+    bf16 = not args.fp32 and train.native_bf16()
+    print(f"[flux] {'bf16 autocast' if bf16 else 'fp32'}", flush=True)
+    snapshot(*train_flux(config, data, clip, args.steps, args.batch, args.seed + 4, args.work / "flux.pt",
+                         snapshot, bf16))
+    size = args.output.stat().st_size / 2 ** 20
+    print(f"wrote {args.output} ({size:.1f} MiB) after {(time.time() - began) / 60:.1f} min", flush=True)
+    scores = train.caption_accuracy(args.output, args.evaluate, args.seed + 5, load=flux_model.load,
+                                    scheduler="simple")
+    print(f"[evaluate] {args.evaluate} captions: " + ", ".join(f"{k} {v:.0%}" for k, v in scores.items()),
+          flush=True)
+
+
+if __name__ == "__main__":
+    main()
