@@ -1,4 +1,5 @@
-"""Full-size random-weight SD1.5 / SDXL models for the benchmark, built from ComfyUI's own classes.
+"""Full-size random-weight SD1.5 / SDXL models, and a full-width Flux.1 dev of reduced depth, for the benchmark,
+built from ComfyUI's own classes.
 
 No weights can be downloaded here, and none are needed: the time and memory of a sampling run depend on
 the shapes of the UNet and its inputs, not on the weight values. The UNets therefore use exactly the
@@ -6,6 +7,11 @@ configs ``comfy.model_detection`` produces for real SD1.5 and SDXL checkpoints (
 weights drawn small enough that every activation stays finite. The text encoders keep the real tokenizers
 and widths (768 for SD1.5; 768 + 1280 with a 1280-wide pooled vector for SDXL) but only 3 transformer
 layers, since text encoding happens once per node, outside the sampling runs being timed.
+
+Flux.1 dev (12 B parameters) does not fit this machine's memory in fp32: ``flux`` keeps every width of the real
+model (3072 wide, 24 heads, T5-XXL's 4096-wide context of 256 tokens, CLIP-L's pooled 768) with
+``FLUX_BLOCKS`` double and single blocks instead of 19 and 38. Every block costs the same, so the ratio of an
+edit's time to plain sampling's is that of the full model (a block's attention share is what it is in Flux).
 
 Device: CUDA (fp16) when available, else CPU (fp32), as ComfyUI itself would pick.
 """
@@ -27,7 +33,9 @@ if str(TESTS_HOST) not in sys.path:  # tiny.py (weight init, ComfyUI discovery) 
 
 import tiny  # noqa: E402
 
-FAMILIES = ("sd15", "sdxl")
+FAMILIES = ("sd15", "sdxl", "flux")
+#: Flux's (double, single) blocks in the benchmark: one of each kind (the real model has 19 and 38).
+FLUX_BLOCKS = (1, 1)
 
 #: Text transformer depth: enough for SDXL's penultimate-layer outputs (SDClipModel asserts |idx| < layers).
 TEXT_LAYERS = 3
@@ -68,7 +76,19 @@ def unet_dtype() -> torch.dtype:
 
 
 def unet_config(family: str, dtype: torch.dtype) -> dict[str, Any]:
-    """The UNet config ``comfy.model_detection`` gives for a real checkpoint of ``family``."""
+    """The UNet config ``comfy.model_detection`` gives for a real checkpoint of ``family`` (Flux: of its depth)."""
+    if family == "flux":
+        import dataclasses
+
+        from comfy.ldm.flux.model import FluxParams
+
+        config = {"image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": 768,
+                  "context_in_dim": 4096, "hidden_size": 3072, "mlp_ratio": 4.0, "num_heads": 24,
+                  "depth": FLUX_BLOCKS[0], "depth_single_blocks": FLUX_BLOCKS[1], "axes_dim": [16, 56, 56],
+                  "theta": 10000, "patch_size": 2, "qkv_bias": True, "guidance_embed": True, "dtype": dtype}
+        if "txt_ids_dims" in {f.name for f in dataclasses.fields(FluxParams)}:
+            config["txt_ids_dims"] = []
+        return config
     common = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
               "legacy": False, "dtype": dtype, "in_channels": 4, "model_channels": 320,
               "use_temporal_attention": False, "use_temporal_resblock": False}
@@ -91,17 +111,24 @@ def _check_detection(family: str, diffusion_model: torch.nn.Module, config: dict
     This is what makes "full-size SD1.5" a checked claim rather than a hand-typed one.
     """
     import comfy.model_detection
-    import comfy.supported_models as sm
 
     keys = {f"model.diffusion_model.{k}": v for k, v in diffusion_model.state_dict().items()}
     detected = comfy.model_detection.detect_unet_config(keys, "model.diffusion_model.")
-    mismatched = {k: (v, config.get(k)) for k, v in detected.items() if k != "dtype" and config.get(k) != v}
+    mismatched = {k: (v, config.get(k)) for k, v in detected.items()
+                  if k not in ("dtype", "txt_ids_dims") and k in config and config.get(k) != v}
     if mismatched:
         raise AssertionError(f"{family} UNet is not what model_detection reads back: {mismatched}")
-    expected = {"sd15": sm.SD15, "sdxl": sm.SDXL}[family]
+    expected = config_class(family)
     found = comfy.model_detection.model_config_from_unet_config(detected, keys)
     if type(found) is not expected:
         raise AssertionError(f"model_detection sees the {family} UNet as {type(found).__name__}")
+
+
+def config_class(family: str) -> type:
+    """ComfyUI's model config class of ``family``."""
+    import comfy.supported_models as sm
+
+    return {"sd15": sm.SD15, "sdxl": sm.SDXL, "flux": sm.Flux}[family]
 
 
 @dataclass
@@ -123,11 +150,9 @@ def make_model(family: str, seed: int = 0, dtype: torch.dtype | None = None) -> 
     """
     import comfy.model_management
     import comfy.model_patcher
-    import comfy.supported_models as sm
 
     dtype = dtype or unet_dtype()
-    config_class = {"sd15": sm.SD15, "sdxl": sm.SDXL}[family]
-    model_config = config_class(unet_config(family, dtype))
+    model_config = config_class(family)(unet_config(family, dtype))
     model_config.set_inference_dtype(dtype, None)
     model = model_config.get_model({}, "", device=torch.device("cpu"))
     _check_detection(family, model.diffusion_model, unet_config(family, dtype))
@@ -142,13 +167,12 @@ def make_model(family: str, seed: int = 0, dtype: torch.dtype | None = None) -> 
 def make_clip(family: str, seed: int = 0, dtype: torch.dtype | None = None) -> Any:
     """A ``comfy.sd.CLIP`` with the family's stock tokenizer(s) and full-width, 3-layer text encoders."""
     import comfy.sd
-    import comfy.supported_models as sm
 
     dtype = dtype or unet_dtype()
-    config_class = {"sd15": sm.SD15, "sdxl": sm.SDXL}[family]
-    target = config_class(unet_config(family, dtype)).clip_target()
+    target = config_class(family)(unet_config(family, dtype)).clip_target()
     layers = {"num_hidden_layers": TEXT_LAYERS}
-    options = {"dtype": dtype, "clip_l_model_config": dict(layers), "clip_g_model_config": dict(layers)}
+    options = {"dtype": dtype, "clip_l_model_config": dict(layers), "clip_g_model_config": dict(layers),
+               "t5xxl_model_config": {"num_layers": 1}}
     clip = comfy.sd.CLIP(target=target, embedding_directory=None, model_options=options)
     tiny.init_weights(clip.cond_stage_model, seed)
     return clip

@@ -23,7 +23,9 @@ SIZED_NODES = EDIT_NODES | {"AttentionStore"}
 STEPPED_NODES = {"KSampler", "KSamplerAdvanced", "NullTextInvert"}
 
 
-def api_prompt(path: Path, family: str = "sd1", steps: int = 3) -> dict[str, dict]:
+def api_prompt(path: Path, family: str | None = None, steps: int = 3) -> dict[str, dict]:
+    """The example as an API prompt on a tiny model (of ``family``; default: Flux for the flux_ examples, SD1)."""
+    family = family or ("flux" if path.stem.startswith("flux") else "sd1")
     pack.load()
     to_api = pack.module("nodes.workflow").to_api_prompt
     prompt = to_api(json.loads(path.read_text()), nodes.NODE_CLASS_MAPPINGS)

@@ -30,6 +30,7 @@ PREVIEW_NODES = {"ReplaceEdit", "RefineEdit", "Reweight", "LocalBlendMask"}
 EXAMPLES = sorted((pack.REPO_ROOT / "example_workflows").glob("*.json"))
 #: Loaded now: loading the pack runs an event loop, which cannot start once Playwright's is running.
 MEASURE = pack.module("toy.measure")
+FLUX_CHECKPOINT_NAME = "flux1-dev-fp8.safetensors"
 CHECKPOINT_NAME = "v1-5-pruned-emaonly.safetensors"  # what the examples name
 NO_NETWORK = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
               "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -43,10 +44,13 @@ except ImportError:
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory) -> Path:
     """A ComfyUI base directory: the checkpoint under the examples' name, and a small example.png for the
-    real-image workflow."""
+    real-image workflow. The Flux examples' checkpoint is the same SD1.5 file under Flux's name: no Flux
+    checkpoint fits a test (the graphs' Flux maths run on a tiny Flux in test_workflows.py); here the front end
+    loads, previews and queues their graphs (FluxGuidance, cfg 1) as shipped."""
     base = live_server.base_directory(tmp_path_factory.mktemp("comfy-base"))
     (base / "models" / "checkpoints").mkdir(parents=True)
-    (base / "models" / "checkpoints" / CHECKPOINT_NAME).symlink_to(checkpoint.sd15_checkpoint())
+    for name in (CHECKPOINT_NAME, FLUX_CHECKPOINT_NAME):
+        (base / "models" / "checkpoints" / name).symlink_to(checkpoint.sd15_checkpoint())
     (base / "input").mkdir()
     from PIL import Image
 
