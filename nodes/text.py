@@ -104,21 +104,25 @@ def tokenize_prompt(clip, text: str, key: str | None = None) -> PromptTokens:
     return _locate(text, lambda: clip.tokenize(text, return_word_ids=True)[key], _sd_tokenizer(clip, key))
 
 
-def tokenize_for_preview(text: str) -> tuple[PromptTokens, TokenizeFn]:
-    """A prompt's layout on ComfyUI's CLIP-L tokenizer, without a loaded checkpoint.
-
-    SD1.x, SD2.x and SDXL share this BPE vocabulary and chunk layout (SD2 and SDXL's G only pad with 0
-    instead of the end token), so the words and their tokens are those sampling will see.
-    """
-    tokenizer = _preview_tokenizer()
+def tokenize_for_preview(text: str, encoder: str = "clip") -> tuple[PromptTokens, TokenizeFn]:
+    """A prompt's layout on the tokenizer of a text ``encoder``, without a loaded checkpoint: "clip" (ComfyUI's
+    CLIP-L tokenizer: SD1.x, SD2.x and SDXL share its BPE vocabulary and chunk layout, SD2 and SDXL's G only pad
+    with 0 instead of the end token) or "t5" (Flux's T5 tokenizer, padded as Flux pads). The words and their
+    tokens are those sampling will see."""
+    tokenizer = _preview_tokenizer(encoder)
     return _locate(text, lambda: tokenizer.tokenize_with_weights(text, return_word_ids=True), tokenizer), \
         _word_tokenizer(tokenizer)
 
 
 @functools.cache
-def _preview_tokenizer() -> sd1_clip.SDTokenizer:
-    """CLIP-L's tokenizer, looking up textual-inversion embeddings where checkpoint loaders do."""
-    return sd1_clip.SDTokenizer(embedding_directory=folder_paths.get_folder_paths("embeddings"))
+def _preview_tokenizer(encoder: str) -> sd1_clip.SDTokenizer:
+    """The encoder's tokenizer, looking up textual-inversion embeddings where checkpoint loaders do."""
+    embeddings = folder_paths.get_folder_paths("embeddings")
+    if encoder == "t5":
+        from comfy.text_encoders.flux import T5XXLTokenizer
+
+        return T5XXLTokenizer(embedding_directory=embeddings)
+    return sd1_clip.SDTokenizer(embedding_directory=embeddings)
 
 
 def _locate(text: str, stream: Callable[[], list], tokenizer: sd1_clip.SDTokenizer) -> PromptTokens:

@@ -28,6 +28,9 @@ from .text import tokenize_for_preview
 
 ROUTE = "/prompt_to_prompt/tokens"
 KINDS = ("replace", "refine", "reweight", "blend")
+ENCODERS = ("clip", "t5")
+"""Text encoders the preview tokenizes for: the CLIP of SD1.x/SD2.x/SDXL, Flux's T5 (the front end tells them
+apart by the loaders upstream of the node)."""
 MAX_TARGETS = 64
 """Edited rows of one chain (Show Attention's row input goes up to 64 too)."""
 MAX_TEXT_CHARACTERS = MAX_CHUNKS * 75 * 8
@@ -68,6 +71,7 @@ class PreviewRequest:
     source_words: str = ""
     edit_words: str = ""
     subtract_words: str = ""
+    encoder: str = "clip"
 
     @classmethod
     def from_json(cls, body: bytes) -> PreviewRequest:
@@ -101,6 +105,8 @@ class PreviewRequest:
                                         "per field (an edit names a few).")
         if values.get("kind", "replace") not in KINDS:
             raise RequestError(400, f"'kind' must be one of {list(KINDS)}.")
+        if values.get("encoder", "clip") not in ENCODERS:
+            raise RequestError(400, f"'encoder' must be one of {list(ENCODERS)}.")
         return cls(**values, targets=tuple(targets))
 
 
@@ -152,8 +158,8 @@ def preview(request: PreviewRequest) -> dict[str, Any]:
     warnings: list[str] = []
     error = None
     try:
-        source, tokenize = tokenize_for_preview(request.source)
-        targets = [tokenize_for_preview(t)[0] for t in request.targets]
+        source, tokenize = tokenize_for_preview(request.source, request.encoder)
+        targets = [tokenize_for_preview(t, request.encoder)[0] for t in request.targets]
     except PromptToPromptError as failure:  # a prompt the edit node would refuse (too long, missing embedding)
         return {"rows": [], "warnings": [], "error": str(failure)}
     source_status: dict[int, str] = {}

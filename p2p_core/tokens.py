@@ -10,8 +10,8 @@ context (chunk * 77 + index), so long prompts, SD2's OpenCLIP tokenizer and SDXL
 layout) all work the same way.
 
 T5's SentencePiece (Flux, SD3) lays its context out as one chunk: words, an end token, padding (no start token),
-and marks the *first* piece of a word ('\u2581red') where CLIP marks the last ('red</w>'); `Token.starts_word` and
-`ends_word` read both, and the chunk length is the stream's own.
+and marks the *first* piece of a word ('\u2581red') where CLIP marks the last ('red</w>'); `word_boundary` reads
+both, and the chunk length is the stream's own.
 """
 
 from __future__ import annotations
@@ -60,16 +60,12 @@ class Token:
     def ends_word(self) -> bool:
         return self.text.endswith(WORD_END)
 
-    @property
-    def starts_word(self) -> bool:
-        return self.text.startswith(WORD_START)
-
 
 def word_boundary(before: Token, after: Token) -> bool:
-    """Whether a word may end between two tokens: a tokenizer's word mark, or punctuation on either side
-    (SentencePiece keeps 'circle,' as '\u2581circle' ',', and "circle" must match it, as it does on CLIP)."""
-    return (before.ends_word or after.starts_word or not before.text[-1:].isalnum()
-            or not after.text[:1].isalnum())
+    """Whether a word may end between two tokens: CLIP's end-of-word mark, or a piece edge that is no letter or
+    digit: SentencePiece's start-of-word mark '\u2581', or punctuation ('circle,' is '\u2581circle' ',', and
+    "circle" must match it, as it does on CLIP)."""
+    return before.ends_word or not before.text[-1:].isalnum() or not after.text[:1].isalnum()
 
 
 @dataclass(frozen=True)
@@ -248,8 +244,8 @@ def readable(pieces: Sequence[str]) -> list[str]:
     texts = []
     for piece in pieces:
         raw = piece.removesuffix(WORD_END)
-        if raw.startswith(WORD_START):  # SentencePiece: the word's first piece, whitespace marked
-            texts.append(raw.removeprefix(WORD_START))
+        if raw.startswith(WORD_START):  # SentencePiece: the word's first piece, whitespace marked; a lone mark
+            texts.append(raw.removeprefix(WORD_START) or WORD_START)  # (before 'a') shows as itself
             continue
         if any(c not in _BYTES for c in raw):
             texts.append(raw)

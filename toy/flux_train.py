@@ -15,7 +15,6 @@ KSampler and measures them.
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import time
 from collections.abc import Callable
@@ -77,23 +76,11 @@ def _train_flux(config: flux_model.FluxToyConfig, data: dict[str, torch.Tensor],
         network.train()
         network.requires_grad_(True)
         train.clone_norm_inputs(network)
-    ema_dit, ema_t5 = copy.deepcopy(dit).requires_grad_(False), copy.deepcopy(t5).requires_grad_(False)
     empty = torch.tensor(t5_ids(clip, ""))
-    rows = train.CaptionRows(t5, ema_t5, train.used_tokens(data["t5"], empty.tolist()))
-    trained = [(mine, average) for network, ema in ((dit, ema_dit), (t5.transformer, ema_t5.transformer))
-               for mine, average in zip(network.parameters(), ema.parameters()) if mine.requires_grad]
-    trained.append((rows.rows, rows.average))
-    parameters = [mine for mine, _ in trained]
-    optimiser = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, learning_rate, total_steps=steps, pct_start=0.03,
-                                                   final_div_factor=10)
-    first = 1
-    networks = ((dit, "dit"), (t5, "t5"), (ema_dit, "ema_dit"), (ema_t5, "ema_t5"))
-    if checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=False)
-        train.resume(checkpoint, state, (*networks, (optimiser, "optimiser"), (schedule, "schedule")))
-        first = state["step"] + 1
-        print(f"[{checkpoint.stem}] resuming at step {first}", flush=True)
+    run = train.Training.start(dit, t5, train.used_tokens(data["t5"], empty.tolist()), learning_rate, steps)
+    ema_dit, ema_t5, rows, trained, parameters = run.ema, run.ema_text, run.rows, run.trained, run.parameters
+    optimiser, schedule = run.optimiser, run.schedule
+    first = run.resume(checkpoint, ((dit, "dit"), (t5, "t5"), (ema_dit, "ema_dit"), (ema_t5, "ema_t5")))
     rows.read()
     empty_pooled = data["empty_pooled"].float()
     stream = train.batches(data, batch, seed + first, ("t5", "pooled"))

@@ -339,6 +339,43 @@ def resume(path: Path, state: dict[str, Any], parts: tuple[tuple[Any, str], ...]
                              "--work.") from None
 
 
+@dataclasses.dataclass
+class Training:
+    """What one training cycle of a denoiser and its text encoder keeps: their EMA copies, the caption token rows
+    trained in place of the embedding table, every (parameter, average) pair, AdamW on a one-cycle schedule."""
+
+    ema: torch.nn.Module
+    ema_text: torch.nn.Module
+    rows: CaptionRows
+    trained: list[tuple[torch.Tensor, torch.Tensor]]
+    parameters: list[torch.nn.Parameter]
+    optimiser: torch.optim.Optimizer
+    schedule: Any
+
+    @classmethod
+    def start(cls, denoiser: torch.nn.Module, text: torch.nn.Module, token_ids: list[int], learning_rate: float,
+              steps: int) -> Training:
+        ema, ema_text = copy.deepcopy(denoiser).requires_grad_(False), copy.deepcopy(text).requires_grad_(False)
+        rows = CaptionRows(text, ema_text, token_ids)
+        trained = [(mine, average) for network, copied in ((denoiser, ema), (text.transformer, ema_text.transformer))
+                   for mine, average in zip(network.parameters(), copied.parameters()) if mine.requires_grad]
+        trained.append((rows.rows, rows.average))
+        parameters = [mine for mine, _ in trained]
+        optimiser = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, learning_rate, total_steps=steps, pct_start=0.03,
+                                                       final_div_factor=10)
+        return cls(ema, ema_text, rows, trained, parameters, optimiser, schedule)
+
+    def resume(self, checkpoint: Path, networks: tuple[tuple[Any, str], ...]) -> int:
+        """The first step to train: 1, or the one after ``checkpoint``'s, whose state is loaded."""
+        if not checkpoint.exists():
+            return 1
+        state = torch.load(checkpoint, weights_only=False)
+        resume(checkpoint, state, (*networks, (self.optimiser, "optimiser"), (self.schedule, "schedule")))
+        print(f"[{checkpoint.stem}] resuming at step {state['step'] + 1}", flush=True)
+        return state["step"] + 1
+
+
 def train_unet(config: model.ToyConfig, data: dict[str, torch.Tensor], clip, steps: int, batch: int, seed: int,
                checkpoint: Path, snapshot: Callable[[torch.nn.Module, torch.nn.Module], None], bf16: bool,
                learning_rate: float = LEARNING_RATE, start_from: Path | None = None, blank_padding: float = 0.0
@@ -368,23 +405,12 @@ def train_unet(config: model.ToyConfig, data: dict[str, torch.Tensor], clip, ste
         network.train()
         network.requires_grad_(True)
     clone_norm_inputs(text)
-    ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text).requires_grad_(False)
-    rows = CaptionRows(text, ema_text, used_tokens(data["tokens"], token_ids(clip, "")))
-    trained = [(mine, average) for network, ema in ((unet, ema_unet), (text.transformer, ema_text.transformer))
-               for mine, average in zip(network.parameters(), ema.parameters()) if mine.requires_grad]
-    trained.append((rows.rows, rows.average))
-    parameters = [mine for mine, _ in trained]
-    optimiser = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, learning_rate, total_steps=steps, pct_start=0.03,
-                                                   final_div_factor=10)
-    first = 1
+    run = Training.start(unet, text, used_tokens(data["tokens"], token_ids(clip, "")), learning_rate, steps)
+    ema_unet, ema_text, rows, trained, parameters = run.ema, run.ema_text, run.rows, run.trained, run.parameters
+    optimiser, schedule = run.optimiser, run.schedule
     networks = ((unet, "unet"), (text, "text"), (ema_unet, "ema_unet"), (ema_text, "ema_text"))
-    if checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=False)
-        resume(checkpoint, state, (*networks, (optimiser, "optimiser"), (schedule, "schedule")))
-        first = state["step"] + 1
-        print(f"[{checkpoint.stem}] resuming at step {first}", flush=True)
-    elif start_from is not None:
+    first = run.resume(checkpoint, networks)
+    if first == 1 and start_from is not None:
         resume(start_from, torch.load(start_from, weights_only=False), networks)
     rows.read()
     alphas = 1 / (1 + base.model_sampling.sigmas.float() ** 2)

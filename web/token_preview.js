@@ -50,6 +50,28 @@ function upstream(node) {
   return chain;
 }
 
+// The text encoder whose tokens the sampler will see: Flux reads T5's. Told by the loaders the node's model and
+// clip come from (a DualCLIPLoader of type flux, a checkpoint or diffusion model named flux...), through any nodes
+// between; CLIP (SD1.x, SD2.x, SDXL) otherwise.
+function encoder(node) {
+  const seen = new Set();
+  const queue = [node];
+  while (queue.length && seen.size < 256) {
+    const current = queue.shift();
+    if (seen.has(current.id)) continue;
+    seen.add(current.id);
+    const values = (current.widgets ?? []).map((w) => String(w.value ?? ""));
+    if (current !== node && values.some((v) => /flux/i.test(v) && !/flux\.?2/i.test(v))) return "t5";
+    for (const input of current.inputs ?? []) {
+      if (input.link == null || !["MODEL", "CLIP"].includes(input.type)) continue;
+      const link = linkOf(current.graph ?? app.graph, input.link);
+      const origin = link && (current.graph ?? app.graph).getNodeById(link.origin_id);
+      if (origin) queue.push(origin);
+    }
+  }
+  return "clip";
+}
+
 // The prompt rows an edit chain makes: its source, then one target per row-adding node.
 function chainRows(chain) {
   let source = "";
@@ -64,6 +86,10 @@ function chainRows(chain) {
 }
 
 function request(node) {
+  return { ...fields(node), encoder: encoder(node) };
+}
+
+function fields(node) {
   const kind = KINDS[node.comfyClass];
   const before = chainRows(upstream(node));
   const source = widgetValue(node, "source_prompt") || before.source;

@@ -116,3 +116,34 @@ def test_byte_level_pieces_read_as_the_characters_they_stand_for():
     assert readable(["a</w>", "cafÃ©</w>", "ðŁĲ±</w>"]) == ["a", "café", "🐱"]
     assert readable(["æĹ¥", "æľ", "¬</w>"]) == ["日", "<e6 9c>", "本"]
     assert readable(["</w>"]) == [""]  # an embedding's placeholder piece
+
+
+# --- T5's SentencePiece (Flux): no start token, the first piece of a word marked, one chunk -----------------
+
+T5_PIECES = {"a": [(3, "\u2581"), (9, "a")], "cat,": [(100, "\u2581cat"), (6, ",")], "cat": [(100, "\u2581cat")],
+             "bobcat": [(200, "\u2581bob"), (101, "cat")], "sits": [(300, "\u2581sits")]}
+
+
+def t5_tokenize(text):
+    return [piece for word in text.split() for piece in T5_PIECES[word]]
+
+
+def t5_prompt(text, length=12):
+    tokens = [(tid, 1.0, 1) for tid, _ in t5_tokenize(text)] + [(1, 1.0, 0)]
+    return locate_words(text, [tokens + [(0, 1.0, 0)] * (length - len(tokens))], [text], t5_tokenize)
+
+
+def test_t5_words_start_at_column_zero_and_the_context_is_one_chunk():
+    p = t5_prompt("a cat, sits")
+    assert [w.positions for w in p.words] == [(0, 1), (2, 3), (4,)]
+    assert p.chunk == 12 and p.padding_positions() == tuple(range(6, 12))  # the end token (5) is no padding
+
+
+def test_t5_word_boundaries_are_its_start_marks_and_punctuation():
+    p = t5_prompt("a cat, bobcat sits")
+    assert p.find("cat", t5_tokenize) == (2,)  # before the comma, not the end of 'bobcat'
+    assert p.find("a", t5_tokenize) == (0, 1)
+
+
+def test_a_t5_piece_shows_its_text_and_a_lone_start_mark_shows_as_itself():
+    assert readable(["\u2581", "a", "\u2581cat", ","]) == ["\u2581", "a", "cat", ","]

@@ -30,6 +30,7 @@ MALFORMED = {
     "source NaN": b'{"kind": "replace", "source": NaN}',
     "words an object": {"kind": "reweight", "source": "a cat", "words": {"cat": 2}},
     "unknown kind": {"kind": "teleport", "source": "a cat"},
+    "unknown encoder": {"kind": "replace", "source": "a cat", "encoder": "t9"},
     "not JSON": b"{'kind': 'replace'",
     "not UTF-8": b'{"source": "\xff\xfe"}',
     "nested 100000 deep": b"[" * 100_000 + b"]" * 100_000,
@@ -113,6 +114,16 @@ def test_the_answer_shows_non_ascii_tokens_as_their_characters(tiny_server: str)
                                                             "targets": ["a naïve"]})
     assert status == 200
     assert [[t["text"] for t in row["tokens"]] for row in answer["rows"]] == [["a", "café"], ["a", "na", "ï", "ve"]]
+
+
+def test_flux_prompts_show_t5_tokens_where_the_edit_finds_them(tiny_server: str):
+    """encoder 't5' (the front end sends it where the model or CLIP comes from a Flux loader): T5's pieces,
+    'a' being two of them, and a swap found at T5's positions."""
+    status, answer = live_server.post(tiny_server + ROUTE, {"kind": "replace", "source": "a cat, sitting",
+                                                            "targets": ["a dog, sitting"], "encoder": "t5"})
+    assert status == 200 and answer["error"] is None
+    assert [t["text"] for t in answer["rows"][0]["tokens"]] == ["\u2581", "a", "cat", ",", "sitting"]
+    assert [t["status"] for t in answer["rows"][1]["tokens"]] == ["kept", "kept", "swapped", "kept", "kept"]
 
 
 def test_a_prompt_the_edit_would_refuse_is_shown_as_its_error(tiny_server: str):

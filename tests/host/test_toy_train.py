@@ -244,3 +244,39 @@ def test_finetune_refuses_fewer_text_layers_than_the_file_has(tmp_path, capsys):
         train.main(["--work", str(tmp_path), "--finetune", str(shipped), "--text-layers", "2"])
     assert stop.value.code == 2 and "can add layers, not drop them" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_the_joint_attention_model_trains_resumes_and_loads_as_comfyuis_flux(tmp_path):
+    """A few steps of toy/flux_train.py on a narrow config: the checkpoint resumes, and the written file loads as
+    ComfyUI's own Flux (the pack edits it as Flux) and samples with the stock KSampler."""
+    import nodes
+
+    model, flux_model, flux_train = (pack.module(f"toy.{name}") for name in ("model", "flux_model", "flux_train"))
+    unet_config = model.ToyConfig()
+    config = flux_model.FluxToyConfig(hidden=48, heads=2, double_blocks=1, single_blocks=1, t5_width=32,
+                                      t5_layers=1, t5_heads=2, clip=dataclasses.asdict(unet_config) | {"notes": {}})
+    clip = flux_model.build_clip(config)
+    clip_l, _ = flux_model.encoders(clip)
+    train.initialise(clip_l.transformer, 0)
+    captions = ["a big red circle on a white background", "a small blue square on a black background"]
+    tokens = torch.tensor([flux_train.t5_ids(clip, c) for c in captions])
+    width = unet_config.text_width
+    data = {"mean": torch.randn(2, 4, 16, 16), "std": torch.zeros(2, 4, 16, 16), "t5": tokens,
+            "pooled": torch.zeros(2, width).half(), "empty_pooled": torch.zeros(1, width)}
+    checkpoint = tmp_path / "flux.pt"
+    flux_train.train_flux(config, data, clip, 2, 2, 0, checkpoint, lambda *_: None, False)
+    assert torch.load(checkpoint, weights_only=False)["step"] == 2
+    dit, t5 = flux_train.train_flux(config, data, clip, 2, 2, 0, checkpoint, lambda *_: None, False)  # resumed: done
+    autoencoder = model.build_autoencoder(unet_config)
+    train.initialise(autoencoder, 0)
+    path = tmp_path / "flux.safetensors"
+    flux_model.save(path, config, dit, clip_l, t5, autoencoder.state_dict(), [49406, 49407], tokens.flatten().tolist())
+    patcher, loaded_clip, vae, read = flux_model.load(path)
+    assert read.to_json() == config.to_json() and type(patcher.model).__name__ == "Flux"
+    assert pack.module("nodes.families").family(patcher).name == "Flux"
+    encoded, pooled = loaded_clip.encode_from_tokens(loaded_clip.tokenize(captions[0]), return_pooled=True)
+    assert encoded.shape == (1, config.text_length, config.t5_width)
+    positive = [[encoded, {"pooled_output": pooled}]]
+    latent = {"samples": torch.zeros(1, 4, 16, 16)}
+    sampled = nodes.common_ksampler(patcher, 0, 2, 1.0, "euler", "simple", positive, positive, latent)[0]["samples"]
+    assert torch.isfinite(vae.decode(sampled)).all()
