@@ -437,8 +437,9 @@ def _check_inputs(model, latent: dict, mode: str, cfg: float) -> None:
         transformer_levels(model)
     except PromptToPromptError as error:
         raise PromptToPromptError(
-            f"{error} Inversion also needs classifier-free guidance with an unconditional branch, which "
-            "guidance-distilled models (Flux) do not have.") from None
+            f"Invert Image inverts photos for UNet models: {error} Its inversions need classifier-free guidance "
+            "with an unconditional branch, which guidance-distilled models (Flux) do not have; inverting photos "
+            "for Flux's flow sampling is not available yet (Flux edits of generated pictures are).") from None
     check_image_latent(model, latent["samples"])
     if latent["samples"].shape[0] != 1:
         raise PromptToPromptError(

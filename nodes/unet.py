@@ -17,13 +17,13 @@ LayerKey = tuple[str, int, int]
 
 
 def unet(model) -> UNetModel:
-    """The model's UNet, or a clear error for model families whose text and image attention are joined."""
+    """The model's UNet, or a clear error naming the model (what only UNets have: the inversion's callers)."""
     diffusion_model = model.get_model_object("diffusion_model")
     if not isinstance(diffusion_model, UNetModel):
         family = type(getattr(model.model, "model_config", diffusion_model)).__name__
         raise PromptToPromptError(
-            f"Prompt-to-Prompt edits UNet models with cross-attention (SD1.x, SD2.x, SDXL); this model is "
-            f"{family}, whose text and image attention are joined. Load an SD1.x, SD2.x or SDXL checkpoint.")
+            f"This needs a UNet model with cross-attention (SD1.x, SD2.x, SDXL); this model is {family}. Load an "
+            "SD1.x, SD2.x or SDXL checkpoint.")
     return diffusion_model
 
 

@@ -174,3 +174,16 @@ def test_a_clip_without_flux_text_is_refused(p2p, flux, error):
     _, sd1_clip, _ = executor.tiny_bundle("sd1")
     with pytest.raises(error, match="reads t5xxl text.*DualCLIPLoader"):
         replace(p2p, model, sd1_clip)
+
+
+def test_kontext_reference_images_are_refused_naming_them(p2p, flux, error):
+    """A reference latent (Flux Kontext's ReferenceLatent) adds image tokens after the sampled ones: the edit
+    cannot place its words among them, and says so instead of editing the wrong tokens."""
+    import node_helpers
+
+    model, clip = flux
+    patched, positive, latent = replace(p2p, model, clip)
+    reference = node_helpers.conditioning_set_values(positive, {"reference_latents": [latent["samples"][:1]]},
+                                                     append=True)
+    with pytest.raises(error, match="reference images such as Flux Kontext's"):
+        ksample(patched, clip, reference, latent)

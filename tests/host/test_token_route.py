@@ -118,12 +118,12 @@ def test_the_answer_shows_non_ascii_tokens_as_their_characters(tiny_server: str)
 
 def test_flux_prompts_show_t5_tokens_where_the_edit_finds_them(tiny_server: str):
     """encoder 't5' (the front end sends it where the model or CLIP comes from a Flux loader): T5's pieces,
-    'a' being two of them, and a swap found at T5's positions."""
+    'a' being two of them, and the swapped word 'cat,' (with its comma, as on CLIP) found at T5's positions."""
     status, answer = live_server.post(tiny_server + ROUTE, {"kind": "replace", "source": "a cat, sitting",
                                                             "targets": ["a dog, sitting"], "encoder": "t5"})
     assert status == 200 and answer["error"] is None
     assert [t["text"] for t in answer["rows"][0]["tokens"]] == ["\u2581", "a", "cat", ",", "sitting"]
-    assert [t["status"] for t in answer["rows"][1]["tokens"]] == ["kept", "kept", "swapped", "kept", "kept"]
+    assert [t["status"] for t in answer["rows"][1]["tokens"]] == ["kept", "kept", "swapped", "swapped", "kept"]
 
 
 def test_a_prompt_the_edit_would_refuse_is_shown_as_its_error(tiny_server: str):
