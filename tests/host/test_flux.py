@@ -187,3 +187,25 @@ def test_kontext_reference_images_are_refused_naming_them(p2p, flux, error):
                                                      append=True)
     with pytest.raises(error, match="reference images such as Flux Kontext's"):
         ksample(patched, clip, reference, latent)
+
+
+@pytest.mark.parametrize("where", ["before the edit", "after the edit"])
+def test_model_sampling_flux_on_either_side_of_the_edit_keeps_the_identities(p2p, flux, where):
+    """Flux graphs set the schedule's shift for the image size with ModelSamplingFlux, before or after the edit
+    node: the edit places its steps on that schedule either way."""
+    model, clip = flux
+    shift = nodes.NODE_CLASS_MAPPINGS["ModelSamplingFlux"]
+
+    def shifted(m):
+        return comfy_node(shift, model=m, max_shift=1.15, base_shift=0.5, width=64, height=64)
+
+    base = shifted(model) if where == "before the edit" else model
+    patched, positive, latent = replace(p2p, base, clip, cross=0.6, self_=0.2)
+    patched = patched if where == "before the edit" else shifted(patched)
+    out = ksample(patched, clip, positive, latent, scheduler="simple")
+    assert_close(out[0], plain(shifted(model), clip, SOURCE, latent, scheduler="simple"))
+    closed = replace(p2p, base, clip, cross=0.0, self_=0.0)
+    closed_model = closed[0] if where == "before the edit" else shifted(closed[0])
+    assert_close(ksample(closed_model, clip, *closed[1:], scheduler="simple")[1],
+                 plain(shifted(model), clip, TARGET, latent, scheduler="simple"))
+    assert not torch.allclose(out[1], plain(shifted(model), clip, TARGET, latent, scheduler="simple"))
