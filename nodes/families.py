@@ -13,12 +13,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from comfy.ldm.flux.model import Flux
+from comfy.ldm.modules.diffusionmodules.mmdit import OpenAISignatureMMDITWrapper
 from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
 from ..p2p_core.errors import PromptToPromptError
+from .text import TextKey
 from .unet import LayerKey, transformer_levels
 
-SUPPORTED = "SD1.x, SD2.x, SDXL and Flux.1 (dev, schnell and fine-tunes of them)"
+SUPPORTED = "SD1.x, SD2.x, SDXL, Flux.1 (dev, schnell and fine-tunes of them) and SD3 / SD3.5"
 
 
 @dataclass(frozen=True)
@@ -26,8 +28,8 @@ class Family:
     name: str
     layers: dict[LayerKey, int]
     joint: bool
-    text_key: str | None
-    """The CLIP stream of the model's context (None: the CLIP's own, SD1 'l', SD2 'h', SDXL 'g'/'l')."""
+    text_key: TextKey
+    """The CLIP stream(s) of the model's context (None: the CLIP's own, SD1 'l', SD2 'h', SDXL 'g'/'l')."""
     patch: int = 1
     """Latent pixels per image token along a side (joint models)."""
 
@@ -60,6 +62,10 @@ def family(model) -> Family:
         layers = {("double", i, 0): patch for i in range(len(network.double_blocks))}
         layers |= {("single", i, 0): patch for i in range(len(network.single_blocks))}
         return Family("Flux", layers, joint=True, text_key="t5xxl", patch=patch)
+    if type(network) is OpenAISignatureMMDITWrapper and not network.register_length:
+        patch = network.patch_size
+        return Family("SD3", {("joint", i, 0): patch for i in range(len(network.joint_blocks))}, joint=True,
+                      text_key=("l", "t5xxl"), patch=patch)
     name = type(getattr(model.model, "model_config", network)).__name__
     raise PromptToPromptError(
         f"Prompt-to-Prompt edits {SUPPORTED}; this model is {name}, which it cannot edit yet (docs/models.md says "

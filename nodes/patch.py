@@ -346,19 +346,20 @@ class EditPatch:
 
     # --- the attention override ----------------------------------------------------------------------------
 
-    def attention(self, func, q, k, v, heads, *args, **kwargs):
+    def attention(self, func, q, k, v, *args, **kwargs):
         """ComfyUI's attention call, edited where this layer has Prompt-to-Prompt work."""
         if self.family.joint:
-            return self.joint_attention(func, q, k, v, heads, *args, **kwargs)
+            return self.joint_attention(func, q, k, v, *args, **kwargs)
         options = kwargs.get("transformer_options") or {}
         state: CallState | None = options.get(KEY)
         cursor = state.cursor if state is not None else None
-        plain = (cursor is None or cursor.served or args or kwargs.get("mask") is not None
+        plain = (cursor is None or cursor.served or len(args) != 1 or kwargs.get("mask") is not None
                  or kwargs.get("skip_reshape") or kwargs.get("skip_output_reshape")
                  or k.shape[1] != (q.shape[1] if cursor.kind == "self" else state.context_tokens))
         if plain:
-            return func(q, k, v, heads, *args, **kwargs)
+            return func(q, k, v, *args, **kwargs)
         cursor.served = True
+        heads = args[0]
 
         def fused(q, k, v, heads):
             return func(q, k, v, heads, **kwargs)
@@ -385,40 +386,54 @@ class EditPatch:
             record_self_attention(q, k, heads, [row for row, _ in record], recorder)
         return fused(q, k, v, heads)
 
-    def joint_attention(self, func, q, k, v, heads, *args, **kwargs):
-        """A joint (text and image) attention call: the model's blocks call attention in a fixed order (every
-        double block, then every single block), so the call's place in that order names its block, on every
-        ComfyUI (0.3.x sets no block name in the options). Flux passes [B, heads, L, dim], text first."""
+    def joint_attention(self, func, q, k, v, *args, **kwargs):
+        """A joint (text and image) attention call. The model's blocks call attention in a fixed order (Flux:
+        every double block, then every single block; SD3: every joint block), so the call's place in that order
+        names its block, on every ComfyUI (0.3.x sets no block name in the options). Flux passes
+        [B, heads, L, dim] (skip_reshape), SD3 [B, L, heads * dim] with heads by keyword; text first in both.
+        SD3.5's blocks also make an image-only attention call, the image's own self-attention: a row sharing the
+        source's image queries and keys takes them there too."""
         options = kwargs.get("transformer_options") or {}
         state: CallState | None = options.get(KEY)
         if state is None:
-            return func(q, k, v, heads, *args, **kwargs)
+            return func(q, k, v, *args, **kwargs)
+        heads = args[0] if args else kwargs.get("heads")
+        text, image = state.context_tokens, state.image_grid[0] * state.image_grid[1]
+        length = q.shape[2] if kwargs.get("skip_reshape") else q.shape[1]
+        pairs = self.row_pairs(state, q.shape[0])
+        if length == image and text:  # an image-only call beside a joint one (SD3.5)
+            shared = [(source, row) for source, row, i in pairs if state.shares_self[i]]
+            q, k = shared_queries_keys(q, k, shared)
+            return func(q, k, v, *args, **kwargs)
         keys, cursor = list(self.levels), state.cursor
         key = keys[cursor.calls] if cursor.calls < len(keys) else None
         cursor.calls += 1
-        rows = [JointRow(source, row, state.cross[i], state.shares_self[i])
-                for source, row, i in self.row_pairs(state, q.shape[0])
+        rows = [JointRow(source, row, state.cross[i], state.shares_self[i]) for source, row, i in pairs
                 if state.cross[i] is not None or state.shares_self[i]]
         cursor.key, cursor.level = key, self.levels.get(key, 0)
-        recording = key is not None and key[0] == "double"  # maps from the double blocks (docs/models.md)
+        recording = key is not None and key[0] != "single"  # maps from the double-stream blocks (docs/models.md)
         record, recorder = self.recorder_at(state.recording, state, options, q.shape[0]) if recording else ([], None)
         if not rows and recorder is None:
-            return func(q, k, v, heads, *args, **kwargs)
-        text, image = state.context_tokens, state.image_grid[0] * state.image_grid[1]
-        if args or kwargs.get("mask") is not None or q.dim() != 4 or q.shape[2] != text + image:
+            return func(q, k, v, *args, **kwargs)
+        if len(args) > 1 or kwargs.get("mask") is not None or heads is None or length != text + image:
             raise PromptToPromptError(
-                f"A joint attention call of this {self.family.name} model has {tuple(q.shape)} queries"
+                f"A joint attention call of this {self.family.name} model has {length} tokens"
                 f"{' and an attention mask' if kwargs.get('mask') is not None else ''}, not the {text} text and "
                 f"{image} image tokens of the sampled latent, so the edit cannot find its words there. Another node "
                 "adds tokens or masks to this model's attention (reference images such as Flux Kontext's, regional "
                 "prompts): remove it, or sample it without Prompt-to-Prompt.")
+        batch = q.shape[0]
+        if not kwargs.get("skip_reshape"):  # to [B, heads, L, dim], the kernel's own layout with skip_reshape
+            q, k, v = (t.reshape(batch, length, heads, -1).transpose(1, 2) for t in (q, k, v))
+        call = {**kwargs, "skip_reshape": True}
+        call.pop("heads", None)
 
         def fused(q_: torch.Tensor, k_: torch.Tensor, v_: torch.Tensor) -> torch.Tensor:
-            out = func(q_, k_, v_, heads, **kwargs)  # [B, L, heads * dim]
+            out = func(q_, k_, v_, heads, **call)  # [B, L, heads * dim]
             return out.reshape(q_.shape[0], q_.shape[2], heads, -1).transpose(1, 2)
 
         out = joint_attention(q, k, v, text, rows, fused, [row for row, _ in record], recorder)
-        return out.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1)
+        return out.transpose(1, 2).reshape(batch, length, -1)
 
     def row_pairs(self, state: CallState, batch: int) -> list[tuple[int, int, int]]:
         if not self.plan.rows:

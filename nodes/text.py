@@ -16,7 +16,7 @@ import torch
 from comfy import sd1_clip
 
 from ..p2p_core.errors import PromptToPromptError
-from ..p2p_core.tokens import PromptTokens, TokenizeFn, locate_words
+from ..p2p_core.tokens import PromptTokens, TokenizeFn, Tokenizers, locate_words
 
 CLIP_KEYS = ("l", "h", "g")
 """CLIP-BPE tokenizers: SD1.x 'l', SD2.x 'h' (OpenCLIP), SDXL 'g' and 'l' (same layout, 'l' is used)."""
@@ -74,6 +74,25 @@ def _folders(directories: str | list[str]) -> str:
     return ", ".join([directories] if isinstance(directories, str) else sorted(directories))
 
 
+TextKey = str | tuple[str, ...] | None
+"""Which of a CLIP's token streams lay out a model's context (families.py): one stream, the CLIP's own CLIP-BPE
+stream (None), or streams one after the other (SD3: CLIP's chunks, then T5's), of those the CLIP has loaded."""
+
+
+def _streams(clip, key: TextKey) -> list[str]:
+    """The streams of ``key`` as this CLIP encodes them: a joined key keeps only the streams whose encoders are
+    loaded (SD3 runs with or without T5, with CLIP-L, CLIP-G or both: their chunks lie alike, as 'l' lays them)."""
+    if not isinstance(key, tuple):
+        return [_clip_key(clip, key)]
+    encoders = clip.cond_stage_model
+    loaded = {"l": any(getattr(encoders, name, None) is not None for name in ("clip_l", "clip_g")),
+              "t5xxl": getattr(encoders, "t5xxl", None) is not None}
+    streams = [_clip_key(clip, k) for k in key if loaded.get(k, True)]
+    if not streams:
+        raise PromptToPromptError("This CLIP has none of the text encoders the model reads: connect its own.")
+    return streams
+
+
 def _clip_key(clip, key: str | None) -> str:
     """The token stream that lays out the model's context: ``key`` (the model family's, see families.py), or
     the CLIP's own CLIP-BPE stream."""
@@ -93,15 +112,18 @@ def _clip_key(clip, key: str | None) -> str:
         "the CLIP text encoders of SD1.x, SD2.x and SDXL checkpoints and the T5 of Flux.")
 
 
-def word_tokenizer(clip, key: str | None = None) -> TokenizeFn:
-    """The per-word tokenizer used to look words up in prompts of this CLIP (``key``: see `_clip_key`)."""
-    return _word_tokenizer(_sd_tokenizer(clip, _clip_key(clip, key)))
+def word_tokenizer(clip, key: TextKey = None) -> Tokenizers:
+    """The per-word tokenizer(s) used to look words up in prompts of this CLIP (``key``: see `TextKey`)."""
+    tokenizers = tuple(_word_tokenizer(_sd_tokenizer(clip, k)) for k in _streams(clip, key))
+    return tokenizers if isinstance(key, tuple) else tokenizers[0]
 
 
-def tokenize_prompt(clip, text: str, key: str | None = None) -> PromptTokens:
-    """Where each word of `text` lands in the context this CLIP encodes it to (``key``: see `_clip_key`)."""
-    key = _clip_key(clip, key)
-    return _locate(text, lambda: clip.tokenize(text, return_word_ids=True)[key], _sd_tokenizer(clip, key))
+def tokenize_prompt(clip, text: str, key: TextKey = None) -> PromptTokens:
+    """Where each word of `text` lands in the context this CLIP encodes it to (``key``: see `TextKey`)."""
+    streams = _streams(clip, key)
+    tokens = functools.cache(lambda: clip.tokenize(text, return_word_ids=True))
+    parts = [_locate(text, lambda k=k: tokens()[k], _sd_tokenizer(clip, k)) for k in streams]
+    return PromptTokens.joined(text, parts) if isinstance(key, tuple) else parts[0]
 
 
 def tokenize_for_preview(text: str, encoder: str = "clip") -> tuple[PromptTokens, TokenizeFn]:

@@ -7,6 +7,7 @@ edited prompt's own attention. Word swap and refinement differ only in how the m
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +30,20 @@ def identity_mapping(prompt: PromptTokens) -> TokenMapping:
     return TokenMapping(torch.eye(prompt.length), torch.ones(prompt.length, dtype=torch.bool))
 
 
+def per_part(build: Callable[[PromptTokens, PromptTokens], TokenMapping]) -> Callable[..., TokenMapping]:
+    """A mapping built stream by stream for joined contexts (SD3: CLIP, then T5): each stream of the target
+    takes attention from the same stream of the source only (a block-diagonal matrix)."""
+
+    def mapping(source: PromptTokens, target: PromptTokens) -> TokenMapping:
+        if not source.parts:
+            return build(source, target)
+        blocks = [build(s, t) for (_, s), (_, t) in zip(source.parts, target.parts)]
+        return TokenMapping(torch.block_diag(*(b.matrix for b in blocks)), torch.cat([b.mapped for b in blocks]))
+    mapping.__doc__ = build.__doc__
+    return mapping
+
+
+@per_part
 def swap_mapping(source: PromptTokens, target: PromptTokens) -> TokenMapping:
     """Word swap: the i-th word of the target takes the attention of the i-th word of the source.
 
@@ -59,6 +74,7 @@ def swap_mapping(source: PromptTokens, target: PromptTokens) -> TokenMapping:
     return TokenMapping(matrix, mapped)
 
 
+@per_part
 def refine_mapping(source: PromptTokens, target: PromptTokens) -> TokenMapping:
     """Refinement, as the official code: globally align the start, word and end tokens of the two prompts;
     aligned tokens take the source's attention, inserted tokens keep their own, deleted source tokens are unused.

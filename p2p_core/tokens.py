@@ -40,6 +40,8 @@ _WORD_GAP = re.compile(r"[^\S\x1c-\x1f]+")
 
 TokenizeFn = Callable[[str], Sequence[tuple[int, str]]]
 """Tokenize text as ComfyUI does, without start/end tokens: a list of (token id, BPE piece text)."""
+Tokenizers = TokenizeFn | tuple[TokenizeFn, ...]
+"""How words are looked up in a prompt: one tokenizer, or one per stream of a joined context (`PromptTokens.parts`)."""
 
 CHUNK = 77
 """Tokens per chunk of the encoded context: start, up to 75 word tokens, end, padding."""
@@ -93,6 +95,21 @@ class PromptTokens:
     words: tuple[Word, ...]
     chunk: int = CHUNK
     """Tokens per chunk of the context: 77 for CLIP, the whole context for T5."""
+    parts: tuple[tuple[int, PromptTokens], ...] = ()
+    """A context of several token streams one after the other (SD3: CLIP's chunks, then T5's): each stream's
+    offset and layout. The fields above then describe the whole context, every word once per stream."""
+
+    @classmethod
+    def joined(cls, text: str, parts: Sequence[PromptTokens]) -> PromptTokens:
+        """The layout of a context that is ``parts`` one after the other (each a stream of the same prompt)."""
+        placed, ids, words, offset = [], [], [], 0
+        for part in parts:
+            placed.append((offset, part))
+            ids += part.ids
+            words += [Word(w.text, tuple(Token(t.position + offset, t.id, t.text) for t in w.tokens))
+                      for w in part.words]
+            offset += part.length
+        return cls(text, tuple(ids), tuple(words), parts[0].chunk, tuple(placed))
 
     @property
     def length(self) -> int:
@@ -117,18 +134,26 @@ class PromptTokens:
 
     def padding_positions(self) -> tuple[int, ...]:
         """Columns after the end token of each chunk (a chunk is start, words, end, padding)."""
+        if self.parts:
+            return tuple(offset + p for offset, part in self.parts for p in part.padding_positions())
         ends = {}
         for position in (p for w in self.words for p in w.positions):
             chunk = position // self.chunk
             ends[chunk] = max(ends.get(chunk, 0), position % self.chunk)
         return tuple(p for p in range(self.length) if p % self.chunk > ends.get(p // self.chunk, 0) + 1)
 
-    def find(self, phrase: str, tokenize: TokenizeFn) -> tuple[int, ...]:
+    def find(self, phrase: str, tokenize: Tokenizers) -> tuple[int, ...]:
         """Columns of every occurrence of `phrase` (one or more words), whole pieces only.
 
         "cat" matches "cat," and "(cat:1.2)" but not the end of "bobcat": a match must start and end on a
-        BPE word boundary. Every occurrence counts, as in the paper's word lookup.
+        BPE word boundary. Every occurrence counts, as in the paper's word lookup. A joined context looks the
+        phrase up in every stream with that stream's tokenizer (``tokenize`` holds one per part).
         """
+        if self.parts:
+            found = []
+            for (offset, part), part_tokenize in zip(self.parts, tokenize):
+                found += [offset + p for p in part.find(phrase, part_tokenize)]
+            return tuple(found)
         query = [tid for tid, _ in tokenize(phrase)]
         if not phrase.strip() or not query:
             raise PromptToPromptError(f"An empty word was given for the prompt '{self.text}'; name a word of it.")

@@ -1,8 +1,9 @@
 import pytest
 from fake_clip import BOS, EOS, FakeTokenizer, comfy_stream
 
+from p2p_core.align import swap_mapping
 from p2p_core.errors import PromptToPromptError
-from p2p_core.tokens import MAX_CHUNKS, locate_words, readable
+from p2p_core.tokens import MAX_CHUNKS, PromptTokens, locate_words, readable
 
 
 @pytest.fixture
@@ -121,7 +122,8 @@ def test_byte_level_pieces_read_as_the_characters_they_stand_for():
 # --- T5's SentencePiece (Flux): no start token, the first piece of a word marked, one chunk -----------------
 
 T5_PIECES = {"a": [(3, "\u2581"), (9, "a")], "cat,": [(100, "\u2581cat"), (6, ",")], "cat": [(100, "\u2581cat")],
-             "bobcat": [(200, "\u2581bob"), (101, "cat")], "sits": [(300, "\u2581sits")]}
+             "bobcat": [(200, "\u2581bob"), (101, "cat")], "sits": [(300, "\u2581sits")],
+             "hippopotamus,": [(500, "\u2581hippo"), (501, "potamus"), (6, ",")]}
 
 
 def t5_tokenize(text):
@@ -147,3 +149,28 @@ def test_t5_word_boundaries_are_its_start_marks_and_punctuation():
 
 def test_a_t5_piece_shows_its_text_and_a_lone_start_mark_shows_as_itself():
     assert readable(["\u2581", "a", "\u2581cat", ","]) == ["\u2581", "a", "cat", ","]
+
+
+# --- a joined context (SD3: CLIP's chunks, then T5's tokens) -------------------------------------------------
+
+def sd3_prompt(text, tok):
+    return PromptTokens.joined(text, [prompt(text, tok), t5_prompt(text)])
+
+
+def test_a_joined_context_places_every_word_in_each_stream_after_the_one_before(tok):
+    p = sd3_prompt("a cat, sits", tok)
+    assert p.length == 77 + 12 and [offset for offset, _ in p.parts] == [0, 77]
+    assert [w.positions for w in p.words] == [(1,), (2, 3), (4,), (77, 78), (79, 80), (81,)]
+    assert p.find("cat", (tok, t5_tokenize)) == (2, 79)  # each stream with its own tokenizer
+    assert p.padding_positions() == tuple(range(6, 77)) + tuple(range(77 + 6, 89))
+
+
+def test_a_word_swap_in_a_joined_context_maps_each_stream_within_itself(tok):
+    """Words of other token counts in the two prompts (so each stream's special tokens differ in number): every
+    stream still maps within itself, its words to its words and its specials to its specials."""
+    source, target = sd3_prompt("a cat, sits", tok), sd3_prompt("a hippopotamus, sits", tok)
+    mapping = swap_mapping(source, target)
+    assert not mapping.matrix[:77, 77:].any() and not mapping.matrix[77:, :77].any()  # block-diagonal
+    t5 = mapping.matrix[77:, 77:]
+    assert t5[2:4, 2:5].flatten().tolist() == pytest.approx([1 / 3] * 6)  # 'cat,' spread over 'hippopotamus,'
+    assert bool(mapping.mapped.all())

@@ -24,8 +24,10 @@ STEPPED_NODES = {"KSampler", "KSamplerAdvanced", "NullTextInvert"}
 
 
 def api_prompt(path: Path, family: str | None = None, steps: int = 3) -> dict[str, dict]:
-    """The example as an API prompt on a tiny model (of ``family``; default: Flux for the flux_ examples, SD1)."""
-    family = family or ("flux" if path.stem.startswith("flux") else "sd1")
+    """The example as an API prompt on a tiny model (of ``family``; default: the family the file's name starts
+    with, flux_ or sd35_, else SD1)."""
+    family = family or next((f for prefix, f in (("flux", "flux"), ("sd35", "sd3")) if path.stem.startswith(prefix)),
+                            "sd1")
     pack.load()
     to_api = pack.module("nodes.workflow").to_api_prompt
     prompt = to_api(json.loads(path.read_text()), nodes.NODE_CLASS_MAPPINGS)

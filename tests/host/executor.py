@@ -31,13 +31,13 @@ _BUNDLES: dict[tuple[str, int], tuple[Any, Any, Any]] = {}
 def tiny_bundle(family: str, seed: int = 0) -> tuple[Any, Any, Any]:
     """(MODEL, CLIP, VAE) for ``family``, cached so repeated loads return the same objects.
 
-    SD3 and the deep SD1 get the tiny SD1 CLIP.
+    AuraFlow and the deep SD1 get the tiny SD1 CLIP; Flux and SD3 a 16-channel VAE.
     """
     key = (family, seed)
     if key not in _BUNDLES:
-        clip_family = "sd1" if family in ("sd3", "sd1_deep") else family
+        clip_family = "sd1" if family in ("aura", "sd1_deep") else family
         _BUNDLES[key] = (tiny.make_model(family, seed), tiny.make_clip(clip_family, seed),
-                         tiny.make_vae(seed, 16 if family == "flux" else 4))
+                         tiny.make_vae(seed, 16 if family in ("flux", "sd3") else 4))
     return _BUNDLES[key]
 
 

@@ -30,7 +30,8 @@ PREVIEW_NODES = {"ReplaceEdit", "RefineEdit", "Reweight", "LocalBlendMask"}
 EXAMPLES = sorted((pack.REPO_ROOT / "example_workflows").glob("*.json"))
 #: Loaded now: loading the pack runs an event loop, which cannot start once Playwright's is running.
 MEASURE = pack.module("toy.measure")
-FLUX_CHECKPOINT_NAME = "flux1-dev-fp8.safetensors"
+#: What the Flux and SD3.5 examples name: no such checkpoint fits a test (see base_dir).
+JOINT_CHECKPOINT_NAMES = ("flux1-dev-fp8.safetensors", "sd3.5_medium_incl_clips_t5xxlfp8scaled.safetensors")
 CHECKPOINT_NAME = "v1-5-pruned-emaonly.safetensors"  # what the examples name
 NO_NETWORK = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
               "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -44,12 +45,12 @@ except ImportError:
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory) -> Path:
     """A ComfyUI base directory: the checkpoint under the examples' name, and a small example.png for the
-    real-image workflow. The Flux examples' checkpoint is the same SD1.5 file under Flux's name: no Flux
-    checkpoint fits a test (the graphs' Flux maths run on a tiny Flux in test_workflows.py); here the front end
-    loads, previews and queues their graphs (FluxGuidance, cfg 1) as shipped."""
+    real-image workflow. The Flux and SD3.5 examples' checkpoints are the same SD1.5 file under their names: no
+    such checkpoint fits a test (their graphs' maths run on tiny Flux and SD3 models in test_workflows.py); here
+    the front end loads, previews and queues their graphs (FluxGuidance, cfg 1, sgm_uniform) as shipped."""
     base = live_server.base_directory(tmp_path_factory.mktemp("comfy-base"))
     (base / "models" / "checkpoints").mkdir(parents=True)
-    for name in (CHECKPOINT_NAME, FLUX_CHECKPOINT_NAME):
+    for name in (CHECKPOINT_NAME, *JOINT_CHECKPOINT_NAMES):
         (base / "models" / "checkpoints" / name).symlink_to(checkpoint.sd15_checkpoint())
     (base / "input").mkdir()
     from PIL import Image

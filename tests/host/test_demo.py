@@ -67,11 +67,11 @@ def test_demo_runs_every_example_on_the_demo_model_and_writes_a_grid_each(tmp_pa
     assert done.returncode == 0, done.stderr[-3000:]
     written = [Path(line.removeprefix("wrote ")) for line in done.stdout.splitlines() if line.startswith("wrote ")]
     examples = pack.module("nodes.demo").EXAMPLES
-    # The flux_ examples need a Flux-shaped demo model: they join the demo with the joint-attention toy model
-    # (in training, toy/MODEL.md); their graphs run on a tiny Flux in test_workflows.py meanwhile.
+    # The flux_ and sd35_ examples need a joint-attention demo model: they join the demo with the joint-attention
+    # toy model (in training, toy/MODEL.md); their graphs run on tiny Flux and SD3 models in test_workflows.py.
     assert {e.workflow.removesuffix(".json") for e in examples} == {
-        p.stem for p in (pack.REPO_ROOT / "example_workflows").glob("*.json") if not p.stem.startswith("flux_")}, \
-        "every UNet example workflow runs"
+        p.stem for p in (pack.REPO_ROOT / "example_workflows").glob("*.json")
+        if not p.stem.startswith(("flux_", "sd35_"))}, "every UNet example workflow runs"
     assert [p.stem for p in written] == [e.name for e in examples]
     for grid in written:
         with Image.open(grid) as image:

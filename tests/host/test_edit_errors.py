@@ -82,8 +82,8 @@ def test_rows_with_different_noise(p2p, sd1, error):
 
 
 def test_unsupported_model_family(p2p, error):
-    model, clip, _ = executor.tiny_bundle("sd3")
-    with pytest.raises(error, match="edits SD1.x, SD2.x, SDXL and Flux.1.*this model is SD3.*docs/models.md"):
+    model, clip, _ = executor.tiny_bundle("aura")
+    with pytest.raises(error, match="edits SD1.x, SD2.x, SDXL, Flux.1.*SD3.*this model is AuraFlow.*docs/models.md"):
         replace(p2p, model, clip)
 
 

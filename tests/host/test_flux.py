@@ -1,5 +1,8 @@
-"""Word-level edits on Flux (joint attention) sampled by ComfyUI's real samplers on a tiny random-weight Flux.1 dev
-built from ComfyUI's own classes, with ComfyUI's Flux text encoders (CLIP-L pooled, T5 context padded to 256)."""
+"""Word-level edits on joint-attention models sampled by ComfyUI's real samplers on tiny random-weight models built
+from ComfyUI's own classes with their own text encoders: Flux.1 dev (CLIP-L pooled, T5 context padded to 256) and
+SD3.5 medium's shape (CLIP-L and CLIP-G chunks then T5's tokens in one context, and an image-only attention in
+some blocks). The identities run on both; what only one family has (T5's pieces shown, FluxGuidance, Kontext,
+ModelSamplingFlux) on that one."""
 
 from __future__ import annotations
 
@@ -23,13 +26,19 @@ def flux():
     return model, clip
 
 
+@pytest.fixture(scope="module", params=["flux", "sd3"])
+def joint(request):
+    model, clip, _ = executor.tiny_bundle(request.param)
+    return model, clip
+
+
 def edit(p2p, node, model, clip, *args, **kwargs):
     return getattr(p2p[node](), "apply")(model, clip, *args, **kwargs)
 
 
 @pytest.mark.parametrize("cfg", GUIDANCE)
-def test_source_row_equals_plain_sampling_of_the_source(p2p, flux, cfg):
-    model, clip = flux
+def test_source_row_equals_plain_sampling_of_the_source(p2p, joint, cfg):
+    model, clip = joint
     patched, positive, latent = replace(p2p, model, clip)
     out = ksample(patched, clip, positive, latent, cfg=cfg)
     assert out.shape[:2] == (2, 16)
@@ -37,14 +46,14 @@ def test_source_row_equals_plain_sampling_of_the_source(p2p, flux, cfg):
 
 
 @pytest.mark.parametrize("cfg", GUIDANCE)
-def test_closed_windows_give_plain_sampling_of_the_target(p2p, flux, cfg):
-    model, clip = flux
+def test_closed_windows_give_plain_sampling_of_the_target(p2p, joint, cfg):
+    model, clip = joint
     patched, positive, latent = replace(p2p, model, clip, cross=0.0, self_=0.0)
     assert_close(ksample(patched, clip, positive, latent, cfg=cfg)[1], plain(model, clip, TARGET, latent, cfg=cfg))
 
 
-def test_identical_prompts_with_full_windows_give_equal_rows(p2p, flux):
-    model, clip = flux
+def test_identical_prompts_with_full_windows_give_equal_rows(p2p, joint):
+    model, clip = joint
     patched, positive, latent = replace(p2p, model, clip, target=SOURCE, cross=1.0, self_=1.0)
     out = ksample(patched, clip, positive, latent)
     assert_close(out[1], out[0])
@@ -52,8 +61,8 @@ def test_identical_prompts_with_full_windows_give_equal_rows(p2p, flux):
 
 @pytest.mark.parametrize("cross, self_", [(0.8, 0.0), (0.0, 0.4), (0.8, 0.4)],
                          ids=["text logits only", "image queries and keys only", "both"])
-def test_each_part_of_a_word_swap_acts_and_keeps_the_source_row(p2p, flux, cross, self_):
-    model, clip = flux
+def test_each_part_of_a_word_swap_acts_and_keeps_the_source_row(p2p, joint, cross, self_):
+    model, clip = joint
     patched, positive, latent = replace(p2p, model, clip, cross=cross, self_=self_)
     out = ksample(patched, clip, positive, latent)
     target_alone = plain(model, clip, TARGET, latent)
@@ -61,8 +70,8 @@ def test_each_part_of_a_word_swap_acts_and_keeps_the_source_row(p2p, flux, cross
     assert_close(out[0], plain(model, clip, SOURCE, latent))
 
 
-def test_refine_and_reweight(p2p, flux):
-    model, clip = flux
+def test_refine_and_reweight(p2p, joint):
+    model, clip = joint
     patched, positive, latent = edit(p2p, "RefineEdit", model, clip, "a house in the snow",
                                      "a wooden house in the snow", 0.8, 0.4, 64, 64)
     out = ksample(patched, clip, positive, latent)
@@ -91,8 +100,8 @@ def test_sampler_custom_advanced_with_basic_guider_matches_ksampler(p2p, flux):
     assert_close(out, ksample(patched, clip, guided, latent, cfg=1.0, scheduler="simple"))
 
 
-def test_outside_the_mask_the_edit_keeps_the_source_latent_exactly(p2p, flux):
-    model, clip = flux
+def test_outside_the_mask_the_edit_keeps_the_source_latent_exactly(p2p, joint):
+    model, clip = joint
     patched, positive, latent = replace(p2p, model, clip, size=128)
     blended, record = edit(p2p, "LocalBlendMask", patched, clip, "cat", "dog", 0.8, 0.2, "1/2")
     out = ksample(blended, clip, positive, latent)
@@ -102,13 +111,13 @@ def test_outside_the_mask_the_edit_keeps_the_source_latent_exactly(p2p, flux):
     assert float((out[1] - out[0])[:, mask].abs().max()) > 0.0
 
 
-def test_stored_maps_are_per_word_distributions_over_the_text(p2p, flux):
-    model, clip = flux
+def test_stored_maps_are_per_word_distributions_over_the_text(p2p, joint):
+    model, clip = joint
     patched, positive, latent, record = edit(p2p, "AttentionStore", model, clip, SOURCE, "1/2", 0.0, 1.0, 64, 64)
     ksample(patched, clip, positive, latent)
     store = record.recorder.store
     maps = store.mean(0)
-    assert store.shape == (4, 4) and maps.shape == (4, 4, 256)
+    assert store.shape == (4, 4) and maps.shape == (4, 4, positive[0][0].shape[1])  # every text token: SD3 154
     torch.testing.assert_close(maps.sum(-1), torch.ones(4, 4))
 
 
@@ -130,10 +139,11 @@ def test_self_attention_recording_is_refused_with_the_fix(p2p, flux, error):
         edit(p2p, "AttentionStore", model, clip, SOURCE, "1/2", 0.0, 1.0, 64, 64, True)
 
 
+@pytest.mark.parametrize("family", ["flux", "sd3"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_edits_run(p2p, dtype):
-    model = tiny.make_model("flux", dtype=dtype)
-    _, clip, _ = executor.tiny_bundle("flux")
+def test_half_precision_edits_run(p2p, family, dtype):
+    model = tiny.make_model(family, dtype=dtype)
+    _, clip, _ = executor.tiny_bundle(family)
     patched, positive, latent = replace(p2p, model, clip)
     out = ksample(patched, clip, positive, latent)
     assert torch.isfinite(out).all() and not torch.allclose(out[1], out[0])
@@ -141,30 +151,30 @@ def test_half_precision_edits_run(p2p, dtype):
     assert float((out[0] - alone).abs().max()) < 1e-2 * float(alone.abs().max())
 
 
-def test_plain_sampling_is_bit_identical_after_an_edit(p2p, flux):
-    model, clip = flux
-    latent = {"samples": torch.zeros(1, 16, 8, 8)}
+def test_plain_sampling_is_bit_identical_after_an_edit(p2p, joint):
+    model, clip = joint
+    latent = {"samples": torch.zeros(1, 16, 8, 8)}  # both families' latents have 16 channels
     before = ksample(model, clip, encode(clip, SOURCE), latent)
     patched, positive, edit_latent = replace(p2p, model, clip)
     ksample(patched, clip, positive, edit_latent)
     assert torch.equal(ksample(model, clip, encode(clip, SOURCE), latent), before)
 
 
-def test_a_level_flux_does_not_attend_at_names_the_one_it_does(p2p, flux, error):
-    model, clip = flux
-    with pytest.raises(error, match="1/4.*2x2 patches.*Choose 1/2"):
+def test_a_level_the_model_does_not_attend_at_names_the_one_it_does(p2p, joint, error):
+    model, clip = joint
+    with pytest.raises(error, match="1/4.*(Flux|SD3) attends over 2x2 patches.*Choose 1/2"):
         edit(p2p, "AttentionStore", model, clip, SOURCE, "1/4", 0.0, 1.0, 64, 64)
 
 
-def test_prompts_of_different_text_lengths_are_refused(p2p, flux, error):
-    model, clip = flux
+def test_prompts_of_different_text_lengths_are_refused(p2p, joint, error):
+    model, clip = joint
     long = "a cat riding a bicycle, " + ", ".join(["highly detailed"] * 100)
     with pytest.raises(error, match="same number of text tokens.*Shorten"):
         edit(p2p, "RefineEdit", model, clip, "a cat riding a bicycle", long, 0.8, 0.4, 64, 64)
 
 
-def test_a_word_not_in_the_prompt_names_the_words_found(p2p, flux, error):
-    model, clip = flux
+def test_a_word_not_in_the_prompt_names_the_words_found(p2p, joint, error):
+    model, clip = joint
     with pytest.raises(error, match="'horse' is not a word.*'cat'"):
         edit(p2p, "Reweight", model, clip, SOURCE, "horse", 2.0, "new row", 0.8, 0.4, 64, 64)
 
@@ -209,3 +219,27 @@ def test_model_sampling_flux_on_either_side_of_the_edit_keeps_the_identities(p2p
     assert_close(ksample(closed_model, clip, *closed[1:], scheduler="simple")[1],
                  plain(shifted(model), clip, TARGET, latent, scheduler="simple"))
     assert not torch.allclose(out[1], plain(shifted(model), clip, TARGET, latent, scheduler="simple"))
+
+
+def test_sd3_finds_each_word_in_its_clip_and_its_t5_tokens(p2p):
+    import pack
+
+    _, clip, _ = executor.tiny_bundle("sd3")
+    text = pack.module("nodes.text")
+    key = pack.module("nodes.families").family(executor.tiny_bundle("sd3")[0]).text_key
+    prompt = text.tokenize_prompt(clip, SOURCE, key)
+    assert prompt.length == 154 and [offset for offset, _ in prompt.parts] == [0, 77]
+    assert prompt.find("cat", text.word_tokenizer(clip, key)) == (2, 77 + 2)  # CLIP: after BOS; T5: after '▁', 'a'
+
+
+def test_an_sd3_clip_loaded_without_t5_is_edited_in_its_clip_stream_alone(p2p):
+    """TripleCLIPLoader without T5 (or a checkpoint without it): the context is CLIP's 77 tokens only. (Without
+    CLIP-L or CLIP-G, SD3 pads their pooled halves to the real 768 and 1280 wide, which the tiny model's are not.)"""
+    model, _, _ = executor.tiny_bundle("sd3")
+    clip = tiny.make_clip("sd3")
+    clip.cond_stage_model.t5xxl = None
+    patched, positive, latent = replace(p2p, model, clip)
+    assert positive[0][0].shape[1] == 77
+    out = ksample(patched, clip, positive, latent)
+    assert_close(out[0], plain(model, clip, SOURCE, latent))
+    assert not torch.allclose(out[1], out[0])

@@ -195,7 +195,8 @@ CASES = [
                                                   target_prompt="embedding:tinystyle a dog riding")),
     Case("replace on SDXL", edit_graph(family="sdxl")),
     Case("replace on Flux", edit_graph(family="flux")),
-    p2p("replace on SD3", edit_graph(family="sd3"), "this model is SD3"),
+    Case("replace on SD3", edit_graph(family="sd3")),
+    p2p("replace on AuraFlow", edit_graph(family="aura"), "this model is AuraFlow"),
     # RefineEdit
     Case("refine defaults", edit_graph("RefineEdit")),
     Case("refine identical prompts", edit_graph("RefineEdit", target_prompt="a house in the snow")),

@@ -28,9 +28,11 @@ SKIP_REASON = "host tests need COMFYUI_PATH pointing at a ComfyUI checkout (see 
 
 #: Families accepted by :func:`make_model`; :func:`make_clip` accepts the first three. "sd1_deep" has SD1.5's
 #: four levels (attention at 1/1, 1/2, 1/4 and the middle at 1/8) and uses the sd1 CLIP.
-FAMILIES = ("sd1", "sd2", "sdxl", "flux", "sd1_deep", "sd3")
+FAMILIES = ("sd1", "sd2", "sdxl", "flux", "sd1_deep", "sd3", "aura")
 UNET_FAMILIES = ("sd1", "sd2", "sdxl")
-CLIP_FAMILIES = (*UNET_FAMILIES, "flux")
+CLIP_FAMILIES = (*UNET_FAMILIES, "flux", "sd3")
+#: SD3's context: CLIP-L and CLIP-G side by side, padded to T5-XXL's width, then T5's tokens.
+SD3_CONTEXT = 4096
 
 # --- tiny configs -------------------------------------------------------------------
 
@@ -127,20 +129,25 @@ _FLUX_DIT: dict[str, Any] = {
     "dtype": torch.float32,
 }
 
-# SD3: a family the edits refuse (joint attention, context first, no word layout yet): 2 joint blocks, the second
-# with SD3.5's image-only attention.
+# SD3.5-medium-shaped: 3 joint blocks (128 wide, 2 heads), the second with SD3.5's image-only attention; the
+# context is 4096 wide as SD3's (CLIP-L + CLIP-G padded, then T5).
 _SD3_DIT: dict[str, Any] = {
-    "in_channels": 4,
+    "in_channels": 16,
     "patch_size": 2,
-    "depth": 2,
+    "depth": 3,
     "adm_in_channels": 2 * CLIP_HIDDEN,
-    "context_embedder_config": {"target": "torch.nn.Linear", "params": {"in_features": CLIP_HIDDEN,
-                                                                         "out_features": 128}},
+    "context_embedder_config": {"target": "torch.nn.Linear", "params": {"in_features": SD3_CONTEXT,
+                                                                         "out_features": 192}},
     "pos_embed_max_size": 16,
     "num_patches": 256,
     "qk_norm": "rms",
     "x_block_self_attn_layers": [1],
 }
+
+# AuraFlow: a joint-attention family the edits refuse (registers before the text, another T5).
+_AURA_DIT: dict[str, Any] = {"cond_seq_dim": CLIP_HIDDEN, "dim": 64, "n_layers": 2, "n_double_layers": 1,
+                             "n_heads": 2, "global_conddim": 64, "max_seq": 256, "in_channels": 4,
+                             "out_channels": 4, "patch_size": 2}
 
 # Flux's T5 (ComfyUI's T5 class, T5-XXL's vocabulary and SentencePiece tokenizer), as wide as the tiny CLIP.
 _TINY_T5_CONFIG: dict[str, Any] = {"d_model": CLIP_HIDDEN, "d_kv": 16, "d_ff": 2 * CLIP_HIDDEN, "num_layers": 2,
@@ -284,11 +291,12 @@ def _config_classes() -> dict[str, type]:
         unet_extra_config = {**sm.SDXL.unet_extra_config, "num_head_channels": 16}
 
     return {"sd1": TinySD15, "sd1_deep": TinySD15, "sd2": TinySD20, "sdxl": TinySDXL, "flux": sm.Flux,
-            "sd3": sm.SD3}
+            "sd3": sm.SD3, "aura": sm.AuraFlow}
 
 
 _UNET_CONFIGS: dict[str, dict[str, Any]] = {"sd1": _SD1_UNET, "sd1_deep": _SD1_DEEP_UNET, "sd2": _SD2_UNET,
-                                            "sdxl": _SDXL_UNET, "flux": _FLUX_DIT, "sd3": _SD3_DIT}
+                                            "sdxl": _SDXL_UNET, "flux": _FLUX_DIT, "sd3": _SD3_DIT,
+                                            "aura": _AURA_DIT}
 
 
 def _model_config(family: str) -> Any:
@@ -312,8 +320,8 @@ def make_model(family: str, seed: int = 0, dtype: torch.dtype = torch.float32) -
 
     sd1: EPS BaseModel; sd2: V_PREDICTION BaseModel (attn_precision fp32);
     sdxl: model_base.SDXL (needs ``pooled_output`` [n, 1280]); flux: model_base.Flux (Flux.1 dev: guidance
-    embedding, 16 latent channels; runs with the tiny Flux CLIP); sd3: model_base.SD3, for "unsupported family"
-    checks.
+    embedding, 16 latent channels; runs with the tiny Flux CLIP); sd3: model_base.SD3 (SD3.5 medium's shape; the
+    tiny SD3 CLIP); aura: model_base.AuraFlow, for "unsupported family" checks.
     """
     import_comfy()
     import comfy.model_base as mb
@@ -330,6 +338,8 @@ def make_model(family: str, seed: int = 0, dtype: torch.dtype = torch.float32) -
         model = mb.SDXL(config, model_type=mb.ModelType.EPS, device=device)
     elif family == "sd3":
         model = mb.SD3(config, device=device)
+    elif family == "aura":
+        model = mb.AuraFlow(config, device=device)
     else:
         model = mb.Flux(config, device=device)
     init_weights(model, seed)
@@ -358,6 +368,11 @@ def make_clip(family: str, seed: int = 0) -> comfy.sd.CLIP:
     import comfy.sd
 
     target = _model_config(family).clip_target()
+    if family == "sd3":  # SD3's loader picks its encoders from the file's keys: all three here
+        import comfy.supported_models_base
+        import comfy.text_encoders.sd3_clip as sd3_clip
+
+        target = comfy.supported_models_base.ClipTarget(sd3_clip.SD3Tokenizer, sd3_clip.sd3_clip())
     options: dict[str, Any] = {
         # CPU text encoders default to fp16 in model_management.text_encoder_dtype.
         "dtype": torch.float32,
@@ -365,7 +380,7 @@ def make_clip(family: str, seed: int = 0) -> comfy.sd.CLIP:
         "clip_l_model_config": dict(_TINY_TEXT_CONFIG),
         "clip_h_model_config": dict(_TINY_TEXT_CONFIG),
         "clip_g_model_config": dict(_TINY_TEXT_CONFIG),
-        "t5xxl_model_config": dict(_TINY_T5_CONFIG),
+        "t5xxl_model_config": {**_TINY_T5_CONFIG, **({"d_model": SD3_CONTEXT} if family == "sd3" else {})},
     }
     clip = comfy.sd.CLIP(target=target, embedding_directory=None, model_options=options)
     encoder = clip.cond_stage_model
