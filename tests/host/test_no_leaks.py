@@ -21,7 +21,8 @@ class Boom(RuntimeError):
 def plain_run(model, clip):
     positive = nodes.CLIPTextEncode().encode(clip, "a cat riding a bicycle")[0]
     negative = nodes.CLIPTextEncode().encode(clip, "")[0]
-    latent = nodes.EmptyLatentImage().generate(64, 64, 1)[0]
+    channels = model.get_model_object("latent_format").latent_channels  # Flux and SD3: 16
+    latent = {"samples": torch.zeros(1, channels, 8, 8)}
     return nodes.common_ksampler(model, 3, 4, 5.0, "euler", "normal", positive, negative, latent)[0]["samples"]
 
 
@@ -39,7 +40,7 @@ def edited_run(p2p, model, clip, fail_at_step=None):
                         callback=callback, seed=1)
 
 
-@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+@pytest.mark.parametrize("family", ["sd1", "sdxl", "flux", "sd3"])
 def test_plain_sampling_is_bit_identical_after_an_edit(p2p, family):
     model, clip, _ = executor.tiny_bundle(family)
     before = plain_run(model, clip)
@@ -47,8 +48,9 @@ def test_plain_sampling_is_bit_identical_after_an_edit(p2p, family):
     assert torch.equal(plain_run(model, clip), before)
 
 
-def test_plain_sampling_is_bit_identical_after_an_interrupted_edit(p2p):
-    model, clip, _ = executor.tiny_bundle("sd1")
+@pytest.mark.parametrize("family", ["sd1", "flux", "sd3"])
+def test_plain_sampling_is_bit_identical_after_an_interrupted_edit(p2p, family):
+    model, clip, _ = executor.tiny_bundle(family)
     before = plain_run(model, clip)
     with pytest.raises(Boom):
         edited_run(p2p, model, clip, fail_at_step=1)

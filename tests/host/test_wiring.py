@@ -137,8 +137,9 @@ def test_self_attention_guidance_is_refused_where_the_edit_shares_its_layer(p2p,
     assert_close(ksample(no_sharing, clip, positive, latent)[0], ksample(guided, clip, encode(clip, SOURCE), one)[0])
 
 
-def test_a_foreign_attention_override_is_refused_either_way(p2p, sd1, error):
-    model, clip = sd1
+@pytest.mark.parametrize("family", ["sd1", "flux", "sd3"])
+def test_a_foreign_attention_override_is_refused_either_way(p2p, family, error):
+    model, clip, _ = executor.tiny_bundle(family)
 
     def override(func, *args, **kwargs):
         return func(*args, **kwargs)
