@@ -123,8 +123,12 @@ def encoders(clip: Any) -> tuple[torch.nn.Module, torch.nn.Module]:
 
 def save(path: Path, config: FluxToyConfig, dit: torch.nn.Module, clip_l: torch.nn.Module, t5: torch.nn.Module,
          vae: dict[str, torch.Tensor], clip_tokens: list[int], t5_tokens: list[int]) -> None:
-    """Write the networks in fp16, keeping only the token embeddings the toy grammar uses."""
-    parts = {"dit": dit.state_dict(), "vae": vae,
+    """Write the networks in fp16, keeping only the token embeddings the toy grammar uses. The transformer's keys
+    are a Flux checkpoint's (QK norms as ``*_norm.scale``, which newer ComfyUI renames to ``.weight`` on load), so
+    every ComfyUI version reads the file."""
+    canonical = {k.removesuffix(".weight") + ".scale" if k.endswith("_norm.weight") else k: v
+                 for k, v in dit.state_dict().items()}
+    parts = {"dit": canonical, "vae": vae,
              "clip_l": model.sparse_rows(clip_l.transformer.state_dict(), model.TOKEN_EMBEDDING, clip_tokens),
              "t5xxl": model.sparse_rows(t5.transformer.state_dict(), T5_EMBEDDING, t5_tokens)}
     model.write_parts(path, parts, {METADATA_KEY: config.to_json()})
@@ -146,7 +150,7 @@ def load(path: Path, dtype: torch.dtype | None = None) -> tuple[Any, Any, Any, F
 
     config, parts = read(path)
     base = build_dit(config)
-    base.diffusion_model.load_state_dict(parts["dit"])
+    base.diffusion_model.load_state_dict(base.model_config.process_unet_state_dict(parts["dit"]))
     patcher = model.patcher(base, dtype)
     clip = build_clip(config)
     clip_l, t5 = encoders(clip)

@@ -271,6 +271,10 @@ def test_the_joint_attention_model_trains_resumes_and_loads_as_comfyuis_flux(tmp
     train.initialise(autoencoder, 0)
     path = tmp_path / "flux.safetensors"
     flux_model.save(path, config, dit, clip_l, t5, autoencoder.state_dict(), [49406, 49407], tokens.flatten().tolist())
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:  # a Flux checkpoint's keys, which every ComfyUI reads
+        assert "dit.double_blocks.0.img_attn.norm.query_norm.scale" in set(handle.keys())
     patcher, loaded_clip, vae, read = flux_model.load(path)
     assert read.to_json() == config.to_json() and type(patcher.model).__name__ == "Flux"
     assert pack.module("nodes.families").family(patcher).name == "Flux"
