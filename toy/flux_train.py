@@ -45,9 +45,11 @@ def pooled_vectors(clip_l: torch.nn.Module, tokens: torch.Tensor) -> torch.Tenso
 
 def train_flux(config: flux_model.FluxToyConfig, data: dict[str, torch.Tensor], clip: Any, steps: int, batch: int,
                seed: int, checkpoint: Path, snapshot: Callable[[torch.nn.Module, torch.nn.Module], None],
-               bf16: bool, learning_rate: float = LEARNING_RATE) -> tuple[torch.nn.Module, torch.nn.Module]:
+               bf16: bool, learning_rate: float = LEARNING_RATE, adaln_zero: bool = False
+               ) -> tuple[torch.nn.Module, torch.nn.Module]:
     """Rectified flow with t = sigmoid(N(0, 1)), captions dropped 10 % of the time and the pooled vector alone
     ``POOLED_DROP`` of the time, EMA, one one-cycle schedule; ``checkpoint`` (every 500 steps) resumes it.
+    ``adaln_zero``: start every block as the identity (DiT's adaLN-Zero), not only the final projection.
 
     Runs with ComfyUI's ``in_training`` flag up (where the host has it), as its own training node does: newer
     ComfyUI applies RoPE with a fused kernel that has no backward, and takes the torch path while it is set.
@@ -57,21 +59,28 @@ def train_flux(config: flux_model.FluxToyConfig, data: dict[str, torch.Tensor], 
     training_before = getattr(mm, "in_training", None)
     mm.in_training = True
     try:
-        return _train_flux(config, data, clip, steps, batch, seed, checkpoint, snapshot, bf16, learning_rate)
+        return _train_flux(config, data, clip, steps, batch, seed, checkpoint, snapshot, bf16, learning_rate,
+                           adaln_zero)
     finally:
         mm.in_training = training_before
 
 
 def _train_flux(config: flux_model.FluxToyConfig, data: dict[str, torch.Tensor], clip: Any, steps: int, batch: int,
                 seed: int, checkpoint: Path, snapshot: Callable[[torch.nn.Module, torch.nn.Module], None],
-                bf16: bool, learning_rate: float) -> tuple[torch.nn.Module, torch.nn.Module]:
+                bf16: bool, learning_rate: float, adaln_zero: bool) -> tuple[torch.nn.Module, torch.nn.Module]:
     dit = flux_model.build_dit(config).diffusion_model
     _, t5 = flux_model.encoders(clip)
     train.initialise(dit, seed)
     train.initialise(t5.transformer, seed + 1)
     with torch.no_grad():
-        dit.final_layer.linear.weight.zero_()
-        dit.final_layer.linear.bias.zero_()
+        zeroed = [dit.final_layer.linear]
+        if adaln_zero:  # every block starts as the identity: its gates (and shifts and scales) zero
+            zeroed += [m.lin for m in dit.modules() if type(m).__name__ == "Modulation"]
+            zeroed.append(dit.final_layer.adaLN_modulation[-1])
+        for layer in zeroed:
+            layer.weight.zero_()
+            if layer.bias is not None:
+                layer.bias.zero_()
     for network in (dit, t5):
         network.train()
         network.requires_grad_(True)
@@ -134,6 +143,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=train.at_least(1), default=32)
     parser.add_argument("--hidden", type=train.at_least(16), default=flux_model.FluxToyConfig.hidden)
     parser.add_argument("--fp32", action="store_true", help="train in fp32 (default: bf16 autocast where native)")
+    parser.add_argument("--adaln-zero", action="store_true",
+                        help="start every block as the identity (zero modulation, DiT's adaLN-Zero; toy/MODEL.md)")
     parser.add_argument("--evaluate", type=train.at_least(1), default=100, help="captions sampled to measure accuracy")
     args = parser.parse_args(argv)
     train.use_comfyui(args.comfyui)
@@ -167,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     bf16 = not args.fp32 and train.native_bf16()
     print(f"[flux] {'bf16 autocast' if bf16 else 'fp32'}", flush=True)
     snapshot(*train_flux(config, data, clip, args.steps, args.batch, args.seed + 4, args.work / "flux.pt",
-                         snapshot, bf16))
+                         snapshot, bf16, adaln_zero=args.adaln_zero))
     size = args.output.stat().st_size / 2 ** 20
     print(f"wrote {args.output} ({size:.1f} MiB) after {(time.time() - began) / 60:.1f} min", flush=True)
     scores = train.caption_accuracy(args.output, args.evaluate, args.seed + 5, load=flux_model.load,

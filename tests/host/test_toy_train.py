@@ -264,7 +264,7 @@ def test_the_joint_attention_model_trains_resumes_and_loads_as_comfyuis_flux(tmp
     data = {"mean": torch.randn(2, 4, 16, 16), "std": torch.zeros(2, 4, 16, 16), "t5": tokens,
             "pooled": torch.zeros(2, width).half(), "empty_pooled": torch.zeros(1, width)}
     checkpoint = tmp_path / "flux.pt"
-    flux_train.train_flux(config, data, clip, 2, 2, 0, checkpoint, lambda *_: None, False)
+    flux_train.train_flux(config, data, clip, 2, 2, 0, checkpoint, lambda *_: None, False, adaln_zero=True)
     assert torch.load(checkpoint, weights_only=False)["step"] == 2
     dit, t5 = flux_train.train_flux(config, data, clip, 2, 2, 0, checkpoint, lambda *_: None, False)  # resumed: done
     autoencoder = model.build_autoencoder(unet_config)
