@@ -32,6 +32,9 @@ class Family:
     """The CLIP stream(s) of the model's context (None: the CLIP's own, SD1 'l', SD2 'h', SDXL 'g'/'l')."""
     patch: int = 1
     """Latent pixels per image token along a side (joint models)."""
+    map_blocks: tuple[str, ...] = ()
+    """Joint models: the kinds of block whose word maps the store and local blend read (Flux's double-stream
+    blocks, as exploring-mmdit and DAAM read them; every SD3 block)."""
 
     @property
     def levels(self) -> list[int]:
@@ -61,11 +64,11 @@ def family(model) -> Family:
         patch = network.patch_size
         layers = {("double", i, 0): patch for i in range(len(network.double_blocks))}
         layers |= {("single", i, 0): patch for i in range(len(network.single_blocks))}
-        return Family("Flux", layers, joint=True, text_key="t5xxl", patch=patch)
+        return Family("Flux", layers, joint=True, text_key="t5xxl", patch=patch, map_blocks=("double",))
     if type(network) is OpenAISignatureMMDITWrapper and not network.register_length:
         patch = network.patch_size
         return Family("SD3", {("joint", i, 0): patch for i in range(len(network.joint_blocks))}, joint=True,
-                      text_key=("l", "t5xxl"), patch=patch)
+                      text_key=("l", "t5xxl"), patch=patch, map_blocks=("joint",))
     name = type(getattr(model.model, "model_config", network)).__name__
     raise PromptToPromptError(
         f"Prompt-to-Prompt edits {SUPPORTED}; this model is {name}, which it cannot edit yet (docs/models.md says "

@@ -411,7 +411,7 @@ class EditPatch:
         rows = [JointRow(source, row, state.cross[i], state.shares_self[i]) for source, row, i in pairs
                 if state.cross[i] is not None or state.shares_self[i]]
         cursor.key, cursor.level = key, self.levels.get(key, 0)
-        recording = key is not None and key[0] != "single"  # maps from the double-stream blocks (docs/models.md)
+        recording = key is not None and key[0] in self.family.map_blocks
         record, recorder = self.recorder_at(state.recording, state, options, q.shape[0]) if recording else ([], None)
         if not rows and recorder is None:
             return func(q, k, v, *args, **kwargs)
