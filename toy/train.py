@@ -61,14 +61,16 @@ def use_comfyui(root: str | None) -> None:
 def initialise(module: torch.nn.Module, seed: int) -> None:
     """PyTorch's default initialisation for every layer (ComfyUI's layers skip it), embeddings N(0, 0.02).
 
-    Norms are found by type, not name: the UNet's ResBlocks name theirs ``in_layers.0``, and a zero norm weight
-    in front of the zero-initialised output conv would leave both without a gradient for good.
+    Norms are found by their type's name, not the module's: the UNet's ResBlocks name theirs ``in_layers.0``, and
+    a zero norm weight in front of the zero-initialised output conv would leave both without a gradient for good.
+    Flux's QK norms and T5's norms are ComfyUI's own RMSNorm classes, no torch norm: zeroed, a query's and a key's
+    scales are each other's only gradient, and attention stays uniform however long the model trains.
     """
     torch.manual_seed(seed)
     with torch.no_grad():
         for layer in module.modules():
             for name, param in layer.named_parameters(recurse=False):
-                if isinstance(layer, (torch.nn.GroupNorm, torch.nn.LayerNorm)):
+                if "Norm" in type(layer).__name__:
                     param.fill_(1.0 if name == "weight" else 0.0)
                 elif isinstance(layer, torch.nn.Embedding):
                     param.normal_(0, 0.02)

@@ -246,6 +246,13 @@ def test_finetune_refuses_fewer_text_layers_than_the_file_has(tmp_path, capsys):
     assert not list(tmp_path.iterdir())
 
 
+def narrow_flux_config():
+    """The joint-attention demo model's shape at the narrowest widths, with the UNet demo model's CLIP-L and VAE."""
+    unet_config = dataclasses.asdict(pack.module("toy.model").ToyConfig()) | {"notes": {}}
+    return pack.module("toy.flux_model").FluxToyConfig(hidden=48, heads=2, double_blocks=1, single_blocks=1,
+                                                       t5_width=32, t5_layers=1, t5_heads=2, clip=unet_config)
+
+
 def test_the_joint_attention_model_trains_resumes_and_loads_as_comfyuis_flux(tmp_path):
     """A few steps of toy/flux_train.py on a narrow config: the checkpoint resumes, and the written file loads as
     ComfyUI's own Flux (the pack edits it as Flux) and samples with the stock KSampler."""
@@ -253,8 +260,7 @@ def test_the_joint_attention_model_trains_resumes_and_loads_as_comfyuis_flux(tmp
 
     model, flux_model, flux_train = (pack.module(f"toy.{name}") for name in ("model", "flux_model", "flux_train"))
     unet_config = model.ToyConfig()
-    config = flux_model.FluxToyConfig(hidden=48, heads=2, double_blocks=1, single_blocks=1, t5_width=32,
-                                      t5_layers=1, t5_heads=2, clip=dataclasses.asdict(unet_config) | {"notes": {}})
+    config = narrow_flux_config()
     clip = flux_model.build_clip(config)
     clip_l, _ = flux_model.encoders(clip)
     train.initialise(clip_l.transformer, 0)
@@ -284,3 +290,19 @@ def test_the_joint_attention_model_trains_resumes_and_loads_as_comfyuis_flux(tmp
     latent = {"samples": torch.zeros(1, 4, 16, 16)}
     sampled = nodes.common_ksampler(patcher, 0, 2, 1.0, "euler", "simple", positive, positive, latent)[0]["samples"]
     assert torch.isfinite(vae.decode(sampled)).all()
+
+
+def test_initialise_starts_every_norm_of_comfyuis_classes_at_one_so_attention_can_learn():
+    """Flux's QK norms and T5's norms are ComfyUI's RMSNorm classes: left at zero, a query's and a key's scales are
+    each other's only gradient, and every attention of the trained model stays uniform (toy/MODEL.md)."""
+    flux_model = pack.module("toy.flux_model")
+    config = narrow_flux_config()
+    dit = flux_model.build_dit(config).diffusion_model
+    _, t5 = flux_model.encoders(flux_model.build_clip(config))
+    norms = {}
+    for network in (dit, t5.transformer):
+        train.initialise(network, 0)
+        norms |= {f"{type(network).__name__}.{name}": param for name, param in network.named_parameters()
+                  if "norm" in name and param.dim() == 1 and not name.endswith("bias")}
+    assert any("query_norm" in name for name in norms) and any("layer_norm" in name for name in norms)
+    assert {name for name, param in norms.items() if not torch.equal(param, torch.ones_like(param))} == set()
