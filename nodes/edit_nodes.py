@@ -86,7 +86,7 @@ WORD_WINDOWS = ("STRING", {
 
 
 def inverted(model) -> bool:
-    """Whether the model carries a real-image inversion (NullTextInvert before the edit nodes)."""
+    """Whether the model carries a real-image inversion (NullTextInvert or FlowInvert before the edit nodes)."""
     return model.get_attachment(INVERSION_KEY) is not None
 
 
@@ -108,9 +108,9 @@ def start_or_continue(model, clip, source_prompt: str, role: str = "source promp
         source_prompt = inversion.prompt
         if not same_rows(encode_prompt(clip, source_prompt, model)[0], inversion.positive):
             raise PromptToPromptError(
-                f"NullTextInvert inverted the image with a positive conditioning that is not its prompt "
+                f"{inversion.node} inverted the image with a positive conditioning that is not its prompt "
                 f"('{inversion.prompt}') encoded by this CLIP, but the edit's source row is that prompt, so the edit "
-                "would not start from the photo. Disconnect NullTextInvert's positive input (or connect CLIP Text "
+                f"would not start from the photo. Disconnect {inversion.node}'s positive input (or connect CLIP Text "
                 "Encode of the same prompt with the same CLIP).")
     key = family(model).text_key  # fails early, with the model family in the message
     source = require_words(tokenize_prompt(clip, source_prompt, key), role, fix)
@@ -149,7 +149,7 @@ def edit_latent(model, latent: dict | None, rows: int, width: int, height: int) 
         if latent is None:
             raise PromptToPromptError(
                 "This model carries an inverted photo, but this node's latent input is not connected, so it would "
-                "sample an empty latent instead of the photo. Connect NullTextInvert's LATENT output to this node's "
+                f"sample an empty latent instead of the photo. Connect {inversion.node}'s LATENT output to this node's "
                 "latent input (in a chain of edit nodes, the LATENT of the node before).")
         inversion.check_latent(latent["samples"])
     if latent is None:

@@ -24,6 +24,7 @@ import comfy.patcher_extension
 import comfy.samplers
 import comfy.utils
 import torch
+from tqdm.auto import tqdm
 
 from ..p2p_core.errors import PromptToPromptError
 from ..p2p_core.inversion import NullTextSettings, ddim_invert, direct_targets, null_text_optimise
@@ -39,7 +40,9 @@ from .unet import transformer_levels
 MODES = ("null-text", "negative-prompt", "direct")
 GUIDANCE_FUNCTIONS = ("sampler_cfg_function", "sampler_pre_cfg_function", "sampler_post_cfg_function")
 """ModelPatcher options through which nodes change classifier-free guidance."""
-INVERTIBLE_SAMPLERS = {"euler"}  # ComfyUI's ddim sampler is euler too
+RETRACING_SAMPLERS = {"euler": "euler", "rf-solver": "rf_solver"}
+"""The sampler that retraces each inversion (null-text's and the UNet modes' DDIM inversion: euler, which ComfyUI's
+ddim sampler is too); the flow modes are FlowInvert's."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,10 @@ class Inversion:
     uncond: tuple[torch.Tensor, ...] = ()
     uncond_y: torch.Tensor | None = None
     targets: tuple[torch.Tensor, ...] = ()
+    noise: torch.Tensor | None = None
+    """Flow inversions: the inverted latent in the model's own space, which sampling starts from as its noise (a
+    flow sampler scales the latent it is given by 1 - sigma, which is 0 at sigma 1)."""
+    node: str = "NullTextInvert"
 
     @property
     def steps(self) -> int:
@@ -66,15 +73,15 @@ class Inversion:
         """Refuse a latent whose rows are not the inverted noise: anything else samples another picture."""
         if tuple(samples.shape[1:]) != tuple(self.latent.shape[1:]):
             raise PromptToPromptError(
-                f"The latent is {tuple(samples.shape[-2:])} but NullTextInvert inverted one of "
-                f"{tuple(self.latent.shape[-2:])}; connect NullTextInvert's LATENT (through the edit node) to the "
+                f"The latent is {tuple(samples.shape[-2:])} but {self.node} inverted one of "
+                f"{tuple(self.latent.shape[-2:])}; connect {self.node}'s LATENT (through the edit node) to the "
                 "sampler.")
         reference = self.latent.to(samples).expand_as(samples)
         if not torch.allclose(samples, reference, rtol=1e-4, atol=1e-4 * max(1.0, float(reference.abs().max()))):
             raise PromptToPromptError(
-                "The latent is not the one NullTextInvert inverted, so sampling would not start from the photo. "
-                "Connect NullTextInvert's LATENT output to the edit node's latent input and the edit node's "
-                "LATENT to the sampler (without an edit node, NullTextInvert's LATENT to the sampler).")
+                f"The latent is not the one {self.node} inverted, so sampling would not start from the photo. "
+                f"Connect {self.node}'s LATENT output to the edit node's latent input and the edit node's "
+                f"LATENT to the sampler (without an edit node, {self.node}'s LATENT to the sampler).")
 
     def __deepcopy__(self, memo: dict) -> Inversion:
         return self
@@ -110,7 +117,8 @@ class InversionPatch:
                 f"The {inv.mode} inversion is replayed by plain classifier-free guidance, but another node changes "
                 f"this model's guidance ({', '.join(changed)}: RescaleCFG, PerturbedAttentionGuidance, "
                 "SelfAttentionGuidance and the like), which reconstructs the photo worse. Remove that node from "
-                "the model sampled after NullTextInvert, or use the 'direct' mode, which any guidance replays.")
+                f"the model sampled after {inv.node}"
+                + (", or use the 'direct' mode, which any guidance replays." if inv.node == "NullTextInvert" else "."))
         if inv.mode == "null-text" and abs(guider.cfg - inv.cfg) > 1e-6:
             raise PromptToPromptError(
                 f"NullTextInvert optimised the image's null-text embeddings for cfg {inv.cfg:g}, but the sampler runs "
@@ -125,7 +133,7 @@ class InversionPatch:
         if len(schedule) != len(inv.sigmas) or not torch.allclose(torch.tensor(schedule), torch.tensor(inv.sigmas),
                                                                     rtol=1e-4, atol=1e-6):
             raise PromptToPromptError(
-                f"NullTextInvert inverted the image for {inv.steps} steps of the '{inv.scheduler}' scheduler, but "
+                f"{inv.node} inverted the image for {inv.steps} steps of the '{inv.scheduler}' scheduler, but "
                 f"the sampler runs {len(schedule) - 1} steps of another schedule. Set the sampler to steps "
                 f"{inv.steps}, scheduler {inv.scheduler}, denoise 1.0 (KSamplerAdvanced: start_at_step 0, "
                 f"end_at_step {inv.steps} or more).")
@@ -134,10 +142,15 @@ class InversionPatch:
                 "The sampler adds noise to the inverted latent. Sample it with add_noise disabled: KSamplerAdvanced "
                 "with add_noise 'disable', or SamplerCustomAdvanced with DisableNoise.")
         inv.check_latent(latent_image)
-        if sampler_name(sampler) not in INVERTIBLE_SAMPLERS:
+        retracing = RETRACING_SAMPLERS.get(inv.mode, "euler")
+        if sampler_name(sampler) != retracing:
+            named = ("the ddim or euler sampler" if retracing == "euler" else
+                     "the RF-Solver sampler (SamplerCustomAdvanced with Prompt-to-Prompt RF-Solver Sampler)")
             raise PromptToPromptError(
-                f"An inverted image must be sampled with the ddim or euler sampler, which the inversion retraces; "
+                f"An image inverted in {inv.mode} mode must be sampled with {named}, which the inversion retraces; "
                 f"got '{sampler_name(sampler) or type(sampler).__name__}'.")
+        if inv.noise is not None:
+            noise = inv.noise.to(latent_image).expand_as(latent_image).clone()
         return executor(noise, latent_image, sampler, sigmas, *args, **kwargs)
 
     def apply_model(self, executor, x, t, c_concat=None, c_crossattn=None, control=None,
@@ -171,10 +184,26 @@ class InversionPatch:
         return out
 
 
+class StepProgress:
+    """An inversion's steps on its node (ComfyUI's progress bar) and in the console (tqdm, as ComfyUI's samplers
+    show theirs: an inversion takes minutes); each tick also stops a run the user interrupted."""
+
+    def __init__(self, total: int, label: str) -> None:
+        self.bar, self.console = comfy.utils.ProgressBar(total), tqdm(total=total, desc=label)
+
+    def __call__(self, *_) -> None:
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        self.bar.update(1)
+        self.console.update(1)
+
+    def close(self) -> None:
+        self.console.close()
+
+
 class InversionSampler(comfy.samplers.Sampler):
     """Runs the inversion where ComfyUI would run a sampler, with the model loaded and the conds processed."""
 
-    def __init__(self, mode: str, cfg: float, progress: comfy.utils.ProgressBar, settings: NullTextSettings) -> None:
+    def __init__(self, mode: str, cfg: float, progress: StepProgress, settings: NullTextSettings) -> None:
         self.mode, self.cfg, self.progress, self.settings = mode, cfg, progress, settings
         self.uncond: tuple[torch.Tensor, ...] = ()
         self.uncond_y: torch.Tensor | None = None
@@ -194,10 +223,6 @@ class InversionSampler(comfy.samplers.Sampler):
             return [{**e, "model_conds": {**e["model_conds"], "c_crossattn": comfy.conds.CONDCrossAttn(context)}}
                     for e in entries]
 
-        def tick(*_):
-            comfy.model_management.throw_exception_if_processing_interrupted()
-            self.progress.update(1)
-
         def cond(x, sigma):
             return denoise(positive, x, sigma)
 
@@ -205,11 +230,11 @@ class InversionSampler(comfy.samplers.Sampler):
             return denoise(with_context(negative, embedding), x, sigma)
 
         with torch.no_grad():
-            pivots = ddim_invert(cond, latent_image.clone(), schedule, on_step=tick)
+            pivots = ddim_invert(cond, latent_image.clone(), schedule, on_step=self.progress)
         if self.mode == "null-text":
             self.uncond = tuple(null_text_optimise(
                 cond, uncond, pivots, schedule, self.cfg, _model_cond(negative, "c_crossattn").clone(),
-                self.settings, on_step=tick, **half_precision(inner, cond, uncond),
+                self.settings, on_step=self.progress, **half_precision(inner, cond, uncond),
                 check=comfy.model_management.throw_exception_if_processing_interrupted))
             self.uncond_y = _model_cond(negative, "y")
         elif self.mode == "negative-prompt":
@@ -376,26 +401,25 @@ class NullTextInvert:
 
     def invert(self, model, clip, prompt: str, latent: dict, mode: str, steps: int, cfg: float, scheduler: str,
                positive: list | None = None, inner_steps: int = NullTextSettings.iterations) -> tuple:
-        _check_inputs(model, latent, mode, cfg)
+        _check_unet_inputs(model, mode, cfg)
+        check_inversion_inputs(model, latent, "NullTextInvert")
         # The prompt becomes the edit's source: refuse what the edit would refuse, before minutes of inversion.
         require_words(tokenize_prompt(clip, prompt), "'prompt' input of Invert Image",
                       "describe the photo in it (it is the source prompt of the edit)")
         samples = latent["samples"]
         sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps).cpu()
-        if positive is None:
-            positive = _conditioning(encode_prompt(clip, prompt, model))
-        else:
-            _check_positive(positive, model)
-        negative = _conditioning(encode_prompt(clip, "", model))
-        progress = comfy.utils.ProgressBar(steps * (2 if mode == "null-text" else 1))
+        positive = conditioning(clip, prompt, model, positive, "Invert Image")
+        negative = conditioning(clip, "", model)
+        progress = StepProgress(steps * (2 if mode == "null-text" else 1), f"{mode} inversion")
         sampler = InversionSampler(mode, cfg, progress, NullTextSettings(iterations=inner_steps))
         worker = _differentiable(model) if mode == "null-text" else model
         with torch.inference_mode(False), torch.enable_grad():
             try:
                 inverted = comfy.samplers.sample(
-                    worker, torch.zeros_like(samples).clone(), _clone(positive), _clone(negative), cfg,
+                    worker, torch.zeros_like(samples).clone(), positive, negative, cfg,
                     model.load_device, sampler, sigmas, latent_image=samples.clone())
             finally:
+                progress.close()
                 if worker is not model:  # the shared UNet gets its own parameters back, even after an interrupt
                     worker.eject_model()
         comfy.model_management.soft_empty_cache()
@@ -405,46 +429,46 @@ class NullTextInvert:
         return InversionPatch(inversion).install(model), {"samples": inverted}
 
 
-def _conditioning(encoded: tuple[torch.Tensor, dict]) -> list:
-    cond, extra = encoded
-    return [[cond, extra]]
-
-
-def _clone(conditioning: list) -> list:
-    """Conditioning copied out of inference mode, so autograd may read it."""
-    return [[c.clone(), {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in d.items()}]
-            for c, d in conditioning]
-
-
-def _check_positive(positive: list, model) -> None:
-    """The inversion keeps one prompt's encoding (the edit's source row): one entry of one row, of this model's
-    text width."""
-    if len(positive) != 1 or positive[0][0].shape[0] != 1:
+def conditioning(clip, prompt: str, model, positive: list | None = None, node: str = "Invert Image") -> list:
+    """The prompt's encoding as CLIPTextEncode gives it, or the node's ``positive`` input checked to be one
+    prompt's encoding (the edit's source row: one entry of one row, of this model's text width); copied out of
+    inference mode, so autograd may read it."""
+    if positive is None:
+        cond, extra = encode_prompt(clip, prompt, model)
+        positive = [[cond, extra]]
+    elif len(positive) != 1 or positive[0][0].shape[0] != 1:
         rows = sum(cond.shape[0] for cond, _ in positive)
         raise PromptToPromptError(
-            f"The positive input of Invert Image holds {len(positive)} conditioning(s) of {rows} row(s), but the "
+            f"The positive input of {node} holds {len(positive)} conditioning(s) of {rows} row(s), but the "
             "image is inverted with one prompt's encoding: connect one CLIP Text Encode of the prompt (no "
             "Conditioning Combine, no batch), or leave positive unconnected.")
-    check_text_width(positive[0][0], model, "The positive input of Invert Image is")
+    else:
+        check_text_width(positive[0][0], model, f"The positive input of {node} is")
+    return [[c.clone(), {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in d.items()}]
+            for c, d in positive]
 
 
-def _check_inputs(model, latent: dict, mode: str, cfg: float) -> None:
+def check_inversion_inputs(model, latent: dict, node: str) -> None:
+    """An inversion comes before the edit nodes, and inverts one image latent of this model's."""
     if model.get_attachment(EDIT_KEY) is not None:
         raise PromptToPromptError(
-            "NullTextInvert must come before the edit nodes: connect the checkpoint's MODEL to NullTextInvert and "
-            "NullTextInvert's MODEL to the edit node.")
+            f"{node} must come before the edit nodes: connect the checkpoint's MODEL to {node} and "
+            f"{node}'s MODEL to the edit node.")
+    check_image_latent(model, latent["samples"])
+    if latent["samples"].shape[0] != 1:
+        raise PromptToPromptError(
+            f"{node} inverts one image, but the latent holds {latent['samples'].shape[0]}. Encode a single "
+            "image (or pick one with LatentFromBatch).")
+
+
+def _check_unet_inputs(model, mode: str, cfg: float) -> None:
     try:
         transformer_levels(model)
     except PromptToPromptError as error:
         raise PromptToPromptError(
-            f"Invert Image inverts photos for UNet models: {error} Its inversions need classifier-free guidance "
-            "with an unconditional branch, which guidance-distilled models (Flux) do not have; inverting photos "
-            "for Flux's flow sampling is not available yet (Flux edits of generated pictures are).") from None
-    check_image_latent(model, latent["samples"])
-    if latent["samples"].shape[0] != 1:
-        raise PromptToPromptError(
-            f"NullTextInvert inverts one image, but the latent holds {latent['samples'].shape[0]}. Encode a single "
-            "image (or pick one with LatentFromBatch).")
+            f"Invert Image (null-text) inverts photos for UNet models: {error} Its inversions need classifier-free "
+            "guidance with an unconditional branch, which guidance-distilled models (Flux) do not have: invert "
+            "photos for Flux and SD3 with Prompt-to-Prompt Invert Image (flow).") from None
     if mode == "null-text" and cfg <= 1.0:
         raise PromptToPromptError("Null-text inversion optimises the unconditional branch, so it needs cfg above 1.")
 

@@ -44,6 +44,10 @@ def sampler_name(sampler) -> str:
     return name.removeprefix("sample_").removesuffix("_function")
 
 
+PACK_SAMPLERS = frozenset({"rf_solver"})
+"""The pack's own samplers (deterministic: they add no step noise)."""
+
+
 @functools.cache
 def _host_samplers() -> frozenset[str]:
     return frozenset(sampler_name(comfy.samplers.sampler_object(name)) for name in comfy.samplers.SAMPLER_NAMES)
@@ -60,7 +64,7 @@ def check_edit_sampler(sampler) -> None:
             "(euler, dpmpp_2m, an ancestral or SDE sampler, ...).")
     function = getattr(sampler, "sampler_function", None)
     takes_noise = function is not None and "noise_sampler" in inspect.signature(function).parameters
-    if name not in _host_samplers() and not takes_noise:
+    if name not in _host_samplers() | PACK_SAMPLERS and not takes_noise:
         logging.warning(
             "Prompt-to-Prompt: the sampler %r is not one of ComfyUI's and takes no noise sampler; if it adds noise "
             "at each step, the rows of the edit get different noise and the edited picture drifts from the "

@@ -1,9 +1,5 @@
-"""NullTextInvert on real ComfyUI sampling with tiny random-weight models.
-
-Inversion can only be as good as the denoiser: a random UNet predicts noise of the wrong size at every step,
-so even unguided DDIM inversion of it drifts far off. The reconstruction tests therefore scale the UNet's
-output layer down (a "gentle" model whose noise predictions are small, as a trained model's are relative to
-the latent), which makes the comparison between inversion modes meaningful.
+"""NullTextInvert on real ComfyUI sampling with tiny random-weight models; the reconstruction tests on "gentle"
+ones (tiny.make_gentle_model), which make the comparison between inversion modes meaningful.
 """
 
 from __future__ import annotations
@@ -45,10 +41,7 @@ def gentle(family: str, dtype: torch.dtype = torch.float32) -> tuple:
     """A tiny model whose noise predictions are small (its output layer scaled by 0.05), in `dtype` (the same
     weights, rounded), and its CLIP."""
     if (family, dtype) not in _GENTLE:
-        model = tiny.make_model(family, seed=3, dtype=dtype)
-        with torch.no_grad():
-            model.model.diffusion_model.out[-1].weight.mul_(0.05)
-        _GENTLE[(family, dtype)] = (model, executor.tiny_bundle(family)[1])
+        _GENTLE[(family, dtype)] = (tiny.make_gentle_model(family, 0.05, dtype=dtype), executor.tiny_bundle(family)[1])
     return _GENTLE[(family, dtype)]
 
 

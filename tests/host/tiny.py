@@ -354,6 +354,18 @@ def make_model(family: str, seed: int = 0, dtype: torch.dtype = torch.float32) -
     )
 
 
+def make_gentle_model(family: str, scale: float, seed: int = 3,
+                      dtype: torch.dtype = torch.float32) -> comfy.model_patcher.ModelPatcher:
+    """``make_model`` with its output layer scaled by ``scale``: a random network predicts noise (or velocity) of
+    the wrong size at every step, so inversions of it drift far off; a trained model's predictions are small
+    relative to the latent, as this one's are, which makes comparisons between inversions meaningful."""
+    model = make_model(family, seed=seed, dtype=dtype)
+    network = model.model.diffusion_model
+    with torch.no_grad():
+        (network.out[-1] if hasattr(network, "out") else network.final_layer.linear).weight.mul_(scale)
+    return model
+
+
 def make_clip(family: str, seed: int = 0) -> comfy.sd.CLIP:
     """A tiny ``comfy.sd.CLIP`` with the stock tokenizer(s) and encoder wiring of ``family``.
 

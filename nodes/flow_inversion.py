@@ -1,0 +1,168 @@
+"""FlowInvert: a photo's latent to the noise a flow model (Flux, SD3) samples back into it, to edit it; and the
+RF-Solver sampler that samples it back to second order.
+
+The inversion runs inside ComfyUI's sampling (a custom Sampler driven by the guider), so it reads the velocity the
+sampler will read: the same conditioning (FluxGuidance included), cfg and model patches. The MODEL it returns
+carries the inversion (`inversion_nodes.Inversion`), which the edit nodes take as their source and which checks
+the sampler that replays it: the same schedule and sampler, no added noise.
+"""
+
+from __future__ import annotations
+
+import comfy.model_sampling
+import comfy.samplers
+import torch
+from tqdm.auto import trange
+
+from ..p2p_core.errors import PromptToPromptError
+from ..p2p_core.flow import FLOW_METHODS, flow_invert, rf_solver_step, velocity
+from ..p2p_core.plan import require_words
+from .edit_nodes import CATEGORY
+from .families import family
+from .inversion_nodes import Inversion, InversionPatch, StepProgress, check_inversion_inputs, conditioning
+from .text import tokenize_prompt
+
+
+class FlowInversionSampler(comfy.samplers.Sampler):
+    """Runs a flow inversion where ComfyUI would run a sampler, with the model loaded and the conds processed."""
+
+    def __init__(self, method: str, progress: StepProgress) -> None:
+        self.method, self.progress = method, progress
+        self.noise: torch.Tensor | None = None
+
+    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
+               disable_pbar=False):
+        ones = latent_image.new_ones([latent_image.shape[0]])
+
+        def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:  # the guided x0 prediction, as samplers read it
+            return model_wrap(x, sigma * ones, **extra_args)
+
+        lowest = float(model_wrap.inner_model.model_sampling.sigma_min)
+        with torch.no_grad():
+            self.noise = flow_invert(velocity(denoise, lowest), latent_image, sigmas.tolist(), self.method,
+                                     on_step=self.progress)
+        return self.noise
+
+
+@torch.no_grad()
+def sample_rf_solver(model, x, sigmas, extra_args=None, callback=None, disable=None):
+    """RF-Solver-2 (p2p_core.flow.rf_solver_step) as a k-diffusion sampler function, for ComfyUI's KSAMPLER."""
+    extra_args = {} if extra_args is None else extra_args
+    ones, first = x.new_ones([x.shape[0]]), []
+
+    def denoise(latent: torch.Tensor, sigma: float) -> torch.Tensor:
+        denoised = model(latent, sigma * ones, **extra_args)
+        first.append(denoised)
+        return denoised
+
+    v = velocity(denoise, 0.0)  # sampling never reads sigma 0: its last step's midpoint is half the last sigma
+    for i in trange(len(sigmas) - 1, disable=disable):
+        first.clear()
+        sigma = float(sigmas[i])
+        x = rf_solver_step(v, x, sigma, float(sigmas[i + 1]))
+        if callback is not None:
+            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": first[0]})
+    return x
+
+
+class RFSolverSampler:
+    """The sampler that retraces FlowInvert's rf-solver inversion."""
+
+    SEARCH_ALIASES = ["rf-solver", "rf solver", "flow sampler", "midpoint sampler", "flux inversion sampler"]
+    DESCRIPTION = ("RF-Solver-2 (Wang et al. 2024): a second-order sampler for flow models at two model calls a step. "
+                   "Connect it to SamplerCustomAdvanced's sampler input to sample an image inverted by Invert Image "
+                   "(flow) in rf-solver mode back; it samples any model.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("SAMPLER",)
+    OUTPUT_TOOLTIPS = ("The RF-Solver sampler, for SamplerCustomAdvanced (or SamplerCustom).",)
+    FUNCTION = "sampler"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {"required": {}}
+
+    def sampler(self) -> tuple:
+        return (comfy.samplers.KSAMPLER(sample_rf_solver),)
+
+
+class FlowInvert:
+    """Invert a photo for a flow model (Flux, SD3) so Prompt-to-Prompt can edit it."""
+
+    SEARCH_ALIASES = ["inversion", "invert", "invert image", "flow inversion", "flux inversion", "rf-solver",
+                      "rf inversion", "real image", "edit photo", "p2p", "prompt to prompt"]
+    DESCRIPTION = ("Inverts an image latent (VAE Encode) into the noise a flow model (Flux, SD3) samples back into "
+                   "the image under the source prompt, for editing real photos: connect its MODEL and LATENT to an "
+                   "edit node, then sample with add_noise disabled, the same steps and scheduler, and the retracing "
+                   "sampler: euler (KSamplerAdvanced) for euler, the RF-Solver sampler (SamplerCustomAdvanced) for "
+                   "rf-solver, which reconstructs better at twice the model calls.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("MODEL", "LATENT")
+    RETURN_NAMES = ("model", "latent")
+    OUTPUT_TOOLTIPS = (
+        "The model with the inversion installed (it checks that the sampler replays it). Connect it to the edit "
+        "node.",
+        "The inverted noise, for the edit node's latent input (then a sampler with add_noise disabled).",
+    )
+    FUNCTION = "invert"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "A Flux.1 or SD3/SD3.5 model (before any edit node)."}),
+                "clip": ("CLIP", {"tooltip": "The CLIP of the same model (Flux: CLIP-L and T5)."}),
+                "prompt": ("STRING", {"multiline": True, "default": "a cat sitting next to a mirror",
+                                      "tooltip": "A prompt describing the photo: the source prompt of the edit."}),
+                "latent": ("LATENT", {"tooltip": "The photo's latent, from VAE Encode (one image)."}),
+                "method": (list(FLOW_METHODS), {
+                    "default": "rf-solver",
+                    "tooltip": "rf-solver: RF-Solver-2, second order (two model calls a step; sample back with the "
+                               "RF-Solver sampler). euler: the Euler sampler run upwards (one call a step; sample "
+                               "back with euler), which reconstructs worse."}),
+                "steps": ("INT", {"default": 28, "min": 1, "max": 1000,
+                                  "tooltip": "Sampling steps; the sampler must use the same number."}),
+                "scheduler": (comfy.samplers.SCHEDULER_NAMES, {
+                    "default": "simple", "tooltip": "Scheduler of the sampler that will sample the inverted latent."}),
+                "cfg": ("FLOAT", {"default": 1.0, "min": 1.0, "max": 30.0, "step": 0.1,
+                                  "tooltip": "Guidance scale of the sampler that will sample it back (Flux: 1, with "
+                                             "FluxGuidance on the positive input; SD3: the sampler's cfg)."}),
+            },
+            "optional": {
+                "positive": ("CONDITIONING", {"tooltip": "Optional conditioning to invert with instead of "
+                                                         "encoding the prompt (e.g. after FluxGuidance; keep the "
+                                                         "prompt text matching)."}),
+            },
+        }
+
+    def invert(self, model, clip, prompt: str, latent: dict, method: str, steps: int, scheduler: str,
+               cfg: float = 1.0, positive: list | None = None) -> tuple:
+        model_sampling = model.get_model_object("model_sampling")
+        if not isinstance(model_sampling, comfy.model_sampling.CONST):
+            raise PromptToPromptError(
+                "Invert Image (flow) inverts the rectified-flow sampling of Flux and SD3, but this model samples "
+                f"with {type(model_sampling).__name__}: invert photos for SD1.x/SD2.x/SDXL with Prompt-to-Prompt "
+                "Invert Image (null-text).")
+        check_inversion_inputs(model, latent, "FlowInvert")
+        # The prompt becomes the edit's source: refuse what the edit would refuse, before the inversion runs.
+        require_words(tokenize_prompt(clip, prompt, family(model).text_key), "'prompt' input of Invert Image (flow)",
+                      "describe the photo in it (it is the source prompt of the edit)")
+        samples = latent["samples"]
+        sigmas = comfy.samplers.calculate_sigmas(model_sampling, scheduler, steps).cpu()
+        positive = conditioning(clip, prompt, model, positive, "Invert Image (flow)")
+        negative = conditioning(clip, "", model)
+        progress = StepProgress(steps, f"{method} flow inversion")
+        sampler = FlowInversionSampler(method, progress)
+        try:
+            inverted = comfy.samplers.sample(model, torch.zeros_like(samples), positive, negative, cfg,
+                                             model.load_device, sampler, sigmas, latent_image=samples.clone())
+        finally:
+            progress.close()
+        inverted = inverted.detach().cpu()
+        inversion = Inversion(method, prompt, positive[0][0].detach().clone(), cfg, scheduler, tuple(sigmas.tolist()),
+                              inverted, noise=sampler.noise.detach().cpu(), node="FlowInvert")
+        return InversionPatch(inversion).install(model), {"samples": inverted}
+
+
+NODE_CLASS_MAPPINGS = {"FlowInvert": FlowInvert, "RFSolverSampler": RFSolverSampler}
+NODE_DISPLAY_NAME_MAPPINGS = {"FlowInvert": "Prompt-to-Prompt Invert Image (flow)",
+                              "RFSolverSampler": "Prompt-to-Prompt RF-Solver Sampler"}

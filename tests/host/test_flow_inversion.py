@@ -1,0 +1,124 @@
+"""FlowInvert and the RF-Solver sampler on real ComfyUI sampling with tiny random-weight Flux.1 and SD3.5 models:
+sampling back with the retracing sampler reconstructs the latent (RF-Solver far better than Euler), an edit's
+source row reconstructs as sampling alone does, and what would not reconstruct is refused naming the fix."""
+
+from __future__ import annotations
+
+import executor
+import pytest
+import tiny
+import torch
+from sampling import comfy_node, encode
+
+tiny.import_comfy()
+import comfy_extras.nodes_custom_sampler as custom  # noqa: E402
+
+import nodes  # noqa: E402
+
+STEPS, PROMPT = 8, "a photo of a cat"
+
+
+@pytest.fixture(scope="module", params=["flux", "sd3"])
+def joint(request):
+    """A gentle tiny model (tiny.make_gentle_model: the velocity a fifth of a random network's) and its CLIP."""
+    return tiny.make_gentle_model(request.param, 0.2), executor.tiny_bundle(request.param)[1]
+
+
+def photo(model, seed=0) -> dict:
+    channels = model.get_model_object("latent_format").latent_channels
+    return {"samples": torch.randn(1, channels, 8, 8, generator=torch.Generator().manual_seed(seed)) * 0.5}
+
+
+def invert(p2p, model, clip, method, steps=STEPS, latent=None):
+    with torch.inference_mode():  # as the executor runs nodes
+        return p2p["FlowInvert"]().invert(model, clip, PROMPT, latent or photo(model), method, steps, "simple")
+
+
+def sample_back(p2p, model, positive, latent, method, steps=STEPS, noise=None):
+    """SamplerCustomAdvanced with BasicGuider (Flux's way), DisableNoise, and the sampler that retraces ``method``."""
+    sampler = (p2p["RFSolverSampler"]().sampler()[0] if method == "rf-solver"
+               else custom.KSamplerSelect().get_sampler("euler")[0])
+    guider = custom.BasicGuider().get_guider(model, positive)[0]
+    sigmas = custom.BasicScheduler().get_sigmas(model, "simple", steps, 1.0)[0]
+    noise = noise or custom.DisableNoise().get_noise()[0]
+    return custom.SamplerCustomAdvanced().sample(noise, guider, sampler, sigmas, latent)[0]["samples"]
+
+
+def reconstruction_error(p2p, model, clip, method, steps=STEPS) -> float:
+    inverted, latent = invert(p2p, model, clip, method, steps)
+    out = sample_back(p2p, inverted, encode(clip, PROMPT), latent, method, steps)
+    return float((out - photo(model)["samples"]).pow(2).mean())
+
+
+def test_rf_solver_reconstructs_far_better_than_euler_inversion(p2p, joint):
+    model, clip = joint
+    euler, rf_solver = (reconstruction_error(p2p, model, clip, method) for method in ("euler", "rf-solver"))
+    assert rf_solver < 2e-3 * float(photo(model)["samples"].pow(2).mean())
+    assert rf_solver < 0.3 * euler
+
+
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+def test_the_inverted_latent_is_noise_not_the_photo(p2p, family):
+    model, clip, _ = executor.tiny_bundle(family)  # a random network's velocity is of the latent's size
+    _, latent = invert(p2p, model, clip, "rf-solver")
+    assert float((latent["samples"] - photo(model)["samples"]).pow(2).mean()) > 0.1
+
+
+def test_the_source_row_of_an_edit_reconstructs_as_a_single_row_does(p2p, joint):
+    model, clip = joint
+    inverted, latent = invert(p2p, model, clip, "rf-solver")
+    alone = sample_back(p2p, inverted, encode(clip, PROMPT), latent, "rf-solver")
+    edited, positive, batch = p2p["ReplaceEdit"]().apply(inverted, clip, "", "a photo of a dog", 0.8, 0.5, 64, 64,
+                                                          latent=latent)
+    out = sample_back(p2p, edited, positive, batch, "rf-solver")
+    assert torch.allclose(out[0], alone[0], atol=1e-4 * float(alone.abs().max()))
+    assert not torch.allclose(out[1], out[0])
+
+
+def test_ksampler_advanced_with_euler_replays_an_euler_inversion(p2p, flux_pair):
+    model, clip = flux_pair
+    inverted, latent = invert(p2p, model, clip, "euler")
+    out = nodes.KSamplerAdvanced().sample(inverted, "disable", 0, STEPS, 1.0, "euler", "simple",
+                                          encode(clip, PROMPT), encode(clip, ""), latent, 0, 10000, "disable")[0]
+    assert torch.equal(out["samples"], sample_back(p2p, inverted, encode(clip, PROMPT), latent, "euler"))
+
+
+@pytest.fixture(scope="module")
+def flux_pair():
+    model, clip, _ = executor.tiny_bundle("flux")
+    return model, clip
+
+
+def test_another_sampler_or_added_noise_is_refused_naming_the_fix(p2p, flux_pair, error):
+    model, clip = flux_pair
+    inverted, latent = invert(p2p, model, clip, "rf-solver")
+    with pytest.raises(error, match="RF-Solver Sampler"):
+        sample_back(p2p, inverted, encode(clip, PROMPT), latent, "euler")
+    with pytest.raises(error, match="add_noise"):
+        sample_back(p2p, inverted, encode(clip, PROMPT), latent, "rf-solver",
+                    noise=custom.RandomNoise().get_noise(0)[0])
+    with pytest.raises(error, match="steps"):
+        sample_back(p2p, inverted, encode(clip, PROMPT), latent, "rf-solver", steps=STEPS + 1)
+
+
+def test_a_unet_model_is_refused_naming_the_null_text_node(p2p, error):
+    model, clip, _ = executor.tiny_bundle("sd1")
+    with pytest.raises(error, match=r"Invert Image \(null-text\)"):
+        invert(p2p, model, clip, "euler")
+
+
+def test_null_text_inversion_of_a_flux_model_names_the_flow_node(p2p, flux_pair, error):
+    model, clip = flux_pair
+    with pytest.raises(error, match=r"Invert Image \(flow\)"):
+        with torch.inference_mode():
+            p2p["NullTextInvert"]().invert(model, clip, PROMPT, photo(model), "null-text", STEPS, 3.0, "simple")
+
+
+def test_the_rf_solver_sampler_samples_plain_prompts_and_edits_without_a_warning(p2p, flux_pair, caplog):
+    model, clip = flux_pair
+    patched, positive, latent = p2p["ReplaceEdit"]().apply(model, clip, PROMPT, "a photo of a dog", 0.8, 0.5,
+                                                            64, 64)
+    guided = comfy_node(nodes.NODE_CLASS_MAPPINGS["FluxGuidance"], conditioning=positive, guidance=3.5)
+    out = sample_back(p2p, patched, guided, latent, "rf-solver", noise=custom.RandomNoise().get_noise(3)[0])
+    assert torch.isfinite(out).all() and not torch.allclose(out[0], out[1])
+    assert "not one of ComfyUI's" not in caplog.text
