@@ -6,7 +6,7 @@ import { api } from "../../scripts/api.js";
 
 const KINDS = { ReplaceEdit: "replace", RefineEdit: "refine", Reweight: "reweight", LocalBlendMask: "blend" };
 // Nodes an edit chain may start from: they set the source prompt but show no preview themselves.
-const SOURCES = { NullTextInvert: "prompt", AttentionStore: "prompt" };
+const SOURCES = { NullTextInvert: "prompt", FlowInvert: "prompt", AttentionStore: "prompt" };
 const ROUTE = "/prompt_to_prompt/tokens";
 const POLL_MS = 400;
 

@@ -20,7 +20,7 @@ import nodes  # noqa: E402
 EXAMPLES = sorted((pack.REPO_ROOT / "example_workflows").glob("*.json"))
 EDIT_NODES = {"ReplaceEdit", "RefineEdit", "Reweight"}
 SIZED_NODES = EDIT_NODES | {"AttentionStore"}
-STEPPED_NODES = {"KSampler", "KSamplerAdvanced", "NullTextInvert"}
+STEPPED_NODES = {"KSampler", "KSamplerAdvanced", "NullTextInvert", "FlowInvert", "BasicScheduler"}
 
 
 def api_prompt(path: Path, family: str | None = None, steps: int = 3) -> dict[str, dict]:
