@@ -19,7 +19,16 @@ from ..p2p_core.flow import FLOW_METHODS, flow_invert, rf_solver_step, velocity
 from ..p2p_core.plan import require_words
 from .edit_nodes import CATEGORY
 from .families import family
-from .inversion_nodes import Inversion, InversionPatch, StepProgress, check_inversion_inputs, conditioning
+from .inversion_nodes import (
+    INVERTED_LATENT_TOOLTIP,
+    Inversion,
+    InversionPatch,
+    InvertNode,
+    StepProgress,
+    check_inversion_inputs,
+    conditioning,
+    photo_inputs,
+)
 from .text import tokenize_prompt
 
 
@@ -85,7 +94,7 @@ class RFSolverSampler:
         return (comfy.samplers.KSAMPLER(sample_rf_solver),)
 
 
-class FlowInvert:
+class FlowInvert(InvertNode):
     """Invert a photo for a flow model (Flux, SD3) so Prompt-to-Prompt can edit it."""
 
     SEARCH_ALIASES = ["inversion", "invert", "invert image", "flow inversion", "flux inversion", "rf-solver",
@@ -95,25 +104,17 @@ class FlowInvert:
                    "edit node, then sample with add_noise disabled, the same steps and scheduler, and the retracing "
                    "sampler: euler (KSamplerAdvanced) for euler, the RF-Solver sampler (SamplerCustomAdvanced) for "
                    "rf-solver, which reconstructs better at twice the model calls.")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("MODEL", "LATENT")
-    RETURN_NAMES = ("model", "latent")
     OUTPUT_TOOLTIPS = (
         "The model with the inversion installed (it checks that the sampler replays it). Connect it to the edit "
         "node.",
-        "The inverted noise, for the edit node's latent input (then a sampler with add_noise disabled).",
+        INVERTED_LATENT_TOOLTIP,
     )
-    FUNCTION = "invert"
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
         return {
             "required": {
-                "model": ("MODEL", {"tooltip": "A Flux.1 or SD3/SD3.5 model (before any edit node)."}),
-                "clip": ("CLIP", {"tooltip": "The CLIP of the same model (Flux: CLIP-L and T5)."}),
-                "prompt": ("STRING", {"multiline": True, "default": "a cat sitting next to a mirror",
-                                      "tooltip": "A prompt describing the photo: the source prompt of the edit."}),
-                "latent": ("LATENT", {"tooltip": "The photo's latent, from VAE Encode (one image)."}),
+                **photo_inputs("A Flux.1 or SD3/SD3.5 model", "The CLIP of the same model (Flux: CLIP-L and T5)."),
                 "method": (list(FLOW_METHODS), {
                     "default": "rf-solver",
                     "tooltip": "rf-solver: RF-Solver-2, second order (two model calls a step; sample back with the "

@@ -346,7 +346,33 @@ def _differentiable(model):
     return clone
 
 
-class NullTextInvert:
+INVERTED_LATENT_TOOLTIP = ("The inverted noise, for the edit node's latent input (then a sampler with add_noise "
+                           "disabled).")
+
+
+class InvertNode:
+    """What every inversion node is: a MODEL that carries the inversion and the inverted LATENT, both for an edit
+    node."""
+
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("MODEL", "LATENT")
+    RETURN_NAMES = ("model", "latent")
+    FUNCTION = "invert"
+
+
+def photo_inputs(models: str, clip: str) -> dict:
+    """The inputs every inversion node starts with: the model (``models`` says which), its CLIP, the prompt that
+    describes the photo (the edit's source prompt) and the photo's latent."""
+    return {
+        "model": ("MODEL", {"tooltip": f"{models} (before any edit node)."}),
+        "clip": ("CLIP", {"tooltip": clip}),
+        "prompt": ("STRING", {"multiline": True, "default": "a cat sitting next to a mirror",
+                              "tooltip": "A prompt describing the photo: the source prompt of the edit."}),
+        "latent": ("LATENT", {"tooltip": "The photo's latent, from VAE Encode (one image)."}),
+    }
+
+
+class NullTextInvert(InvertNode):
     """Invert a photo so Prompt-to-Prompt can edit it."""
 
     SEARCH_ALIASES = ["inversion", "invert", "invert image", "null-text", "null text inversion", "ddim inversion",
@@ -355,25 +381,17 @@ class NullTextInvert:
                    "the source prompt, for editing real photos: connect its MODEL and LATENT to an edit node, then "
                    "sample with KSamplerAdvanced (add_noise disable, same steps and scheduler, ddim or euler). Modes: "
                    "null-text (the paper, best fidelity), negative-prompt (fast), direct (fast, exact source).")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("MODEL", "LATENT")
-    RETURN_NAMES = ("model", "latent")
     OUTPUT_TOOLTIPS = (
         "The model with the inversion installed (per-step negative embedding or source-row steering). Connect it "
         "to the edit node.",
-        "The inverted noise, for the edit node's latent input (then a sampler with add_noise disabled).",
+        INVERTED_LATENT_TOOLTIP,
     )
-    FUNCTION = "invert"
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
         return {
             "required": {
-                "model": ("MODEL", {"tooltip": "An SD1.x, SD2.x or SDXL model (before any edit node)."}),
-                "clip": ("CLIP", {"tooltip": "The CLIP of the same checkpoint."}),
-                "prompt": ("STRING", {"multiline": True, "default": "a cat sitting next to a mirror",
-                                      "tooltip": "A prompt describing the photo: the source prompt of the edit."}),
-                "latent": ("LATENT", {"tooltip": "The photo's latent, from VAE Encode (one image)."}),
+                **photo_inputs("An SD1.x, SD2.x or SDXL model", "The CLIP of the same checkpoint."),
                 "mode": (list(MODES), {"default": "null-text",
                                        "tooltip": "null-text: optimise the negative embedding per step (the paper; "
                                                   "slowest, best). negative-prompt: the prompt as negative (fast). "
