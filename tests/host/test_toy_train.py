@@ -253,9 +253,10 @@ def narrow_flux_config():
                                                        t5_width=32, t5_layers=1, t5_heads=2, clip=unet_config)
 
 
-def test_the_joint_attention_model_trains_resumes_and_loads_as_comfyuis_flux(tmp_path):
+def test_the_joint_attention_model_trains_resumes_and_loads_as_comfyuis_flux(tmp_path, monkeypatch):
     """A few steps of toy/flux_train.py on a narrow config: the checkpoint resumes, and the written file loads as
-    ComfyUI's own Flux (the pack edits it as Flux) and samples with the stock KSampler."""
+    ComfyUI's own Flux (the pack edits it as Flux) and samples with the stock KSampler; the Demo Model node offers
+    it beside the UNet model and loads it."""
     import nodes
 
     model, flux_model, flux_train = (pack.module(f"toy.{name}") for name in ("model", "flux_model", "flux_train"))
@@ -290,6 +291,11 @@ def test_the_joint_attention_model_trains_resumes_and_loads_as_comfyuis_flux(tmp
     latent = {"samples": torch.zeros(1, 4, 16, 16)}
     sampled = nodes.common_ksampler(patcher, 0, 2, 1.0, "euler", "simple", positive, positive, latent)[0]["samples"]
     assert torch.isfinite(vae.decode(sampled)).all()
+    toy_nodes = pack.module("nodes.toy_nodes")
+    monkeypatch.setitem(toy_nodes.DEMO_MODELS, "flux", (path, flux_model.load))
+    assert toy_nodes.DemoModelLoader.INPUT_TYPES()["required"]["model"][0] == ["unet", "flux"]
+    demo, _, _ = toy_nodes.DemoModelLoader().load("flux")
+    assert type(demo.model).__name__ == "Flux"
 
 
 def test_initialise_starts_every_norm_of_comfyuis_classes_at_one_so_attention_can_learn():
