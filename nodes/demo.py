@@ -93,19 +93,26 @@ def run(output: Path, node_classes: dict[str, type]) -> list[Path]:
     grids = []
     for example in EXAMPLES:
         print(f"demo: {example.name}", flush=True)
-        prompt = load_prompt(EXAMPLES_FOLDER / example.workflow, node_classes)
-        for node in prompt.values():
-            if node["class_type"] == "CheckpointLoaderSimple":
-                node["class_type"], node["inputs"] = "PromptToPromptDemoModel", {}
-            if node["class_type"] == "CLIPTextEncode":
-                node["inputs"]["text"] = ""  # the demo model learnt an empty negative prompt
-        apply_overrides(prompt, Overrides(steps=STEPS, width=SIZE, height=SIZE, image=str(photo), seed=example.seed,
-                                          sets=list(example.sets)), node_classes)
+        prompt = demo_prompt(example, node_classes, photo)
         images = execute(prompt, output / example.name)
         grid = output / f"{example.name}.png"
         _grid(example.title, _prompts(prompt), _tiles(prompt, images)).save(grid)
         grids.append(grid)
     return grids
+
+
+def demo_prompt(example: Example, node_classes: dict[str, type], photo: Path) -> dict[str, dict]:
+    """The example's checkpoint workflow as the demo runs it: on the demo model, with toy-world captions, an empty
+    negative prompt (the demo model learnt it), the demo's steps and size, and ``photo`` for LoadImage."""
+    prompt = load_prompt(EXAMPLES_FOLDER / example.workflow, node_classes)
+    for node in prompt.values():
+        if node["class_type"] == "CheckpointLoaderSimple":
+            node["class_type"], node["inputs"] = "PromptToPromptDemoModel", {}
+        if node["class_type"] == "CLIPTextEncode":
+            node["inputs"]["text"] = ""
+    apply_overrides(prompt, Overrides(steps=STEPS, width=SIZE, height=SIZE, image=str(photo), seed=example.seed,
+                                      sets=list(example.sets)), node_classes)
+    return prompt
 
 
 def _prompts(prompt: dict[str, dict]) -> list[tuple[str, str]]:

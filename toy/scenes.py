@@ -115,6 +115,22 @@ def random_scene(rng: np.random.Generator, count: int | None = None,
             return Scene(tuple(things), background)
 
 
+def place(scene: Scene, rng: np.random.Generator) -> Scene:
+    """The objects of ``scene`` (as `parse_caption` gives them, centred) at random places apart from each other,
+    left to right in the order the caption names them, as captions list them (each centre at least a tenth of the
+    picture right of the one before, so the order shows)."""
+    while True:
+        things: list[Thing] = []
+        for thing in scene.things:
+            half = SIZES[thing.size] / 2 + MARGIN
+            spots = rng.uniform(half, SIZE - half, size=(50, 2))
+            things += [p for p in (replace(thing, x=float(x), y=float(y)) for x, y in spots)
+                       if all(_apart(p, other) for other in things)][:1]
+        xs = [t.x for t in things]
+        if len(things) == len(scene.things) and all(right - left >= SIZE / 10 for left, right in zip(xs, xs[1:])):
+            return Scene(tuple(things), scene.background)
+
+
 def _outline(shape: str, box: tuple[float, float, float, float]) -> list[tuple[float, float]] | None:
     """The polygon of a shape filling ``box`` (x0, y0, x1, y1), or None for a circle (an ellipse of the box)."""
     x0, y0, x1, y1 = box

@@ -71,7 +71,7 @@ def test_demo_runs_every_example_on_the_demo_model_and_writes_a_grid_each(tmp_pa
     # toy model (in training, toy/MODEL.md); their graphs run on tiny Flux and SD3 models in test_workflows.py.
     assert {e.workflow.removesuffix(".json") for e in examples} == {
         p.stem for p in (pack.REPO_ROOT / "example_workflows").glob("*.json")
-        if not p.stem.startswith(("flux_", "sd35_"))}, "every UNet example workflow runs"
+        if not p.stem.startswith(("flux_", "sd35_", "demo_"))}, "every UNet example workflow runs"
     assert [p.stem for p in written] == [e.name for e in examples]
     for grid in written:
         with Image.open(grid) as image:
@@ -92,3 +92,47 @@ def test_demo_with_a_file_that_is_not_a_demo_model_names_the_file(tmp_path):
     done = demo(tmp_path, other)
     assert done.returncode == 1
     assert "is not a demo-model file" in done.stderr and "checkpoint.safetensors" in done.stderr, done.stderr[-2000:]
+
+
+IMAGE_SOURCES = {"LoadImage", "PromptToPromptDemoScene"}
+
+
+def comparable(prompt: dict[str, dict]) -> dict[str, tuple]:
+    """An API prompt's nodes without what a demo template may differ in: where its photo comes from (Demo Scene
+    draws it where the demo loads its file) and the file names it saves under."""
+    return {key: (node["class_type"], {k: v for k, v in node["inputs"].items()
+                                       if node["class_type"] != "SaveImage" and not (k == "pixels" or k == "image")})
+            for key, node in prompt.items() if node["class_type"] not in IMAGE_SOURCES}
+
+
+@pytest.mark.parametrize("example", [e for e in pack.module("nodes.demo").EXAMPLES if e.name != "word_swap_shape"],
+                         ids=lambda e: e.name)
+def test_each_demo_template_is_its_example_as_the_demo_runs_it(example):
+    """example_workflows/demo_<name>.json runs as shipped on the demo model with the demo's settings: the same
+    graph as the checkpoint example once the demo has swapped in the demo model, its captions and steps."""
+    import nodes
+
+    demo_module, headless = pack.module("nodes.demo"), pack.module("nodes.headless")
+    template = pack.REPO_ROOT / "example_workflows" / f"demo_{example.name}.json"
+    shipped = headless.load_prompt(template, nodes.NODE_CLASS_MAPPINGS)
+    assert comparable(shipped) == comparable(demo_module.demo_prompt(example, nodes.NODE_CLASS_MAPPINGS, Path("x")))
+    assert not {n["class_type"] for n in shipped.values()} & {"CheckpointLoaderSimple", "LoadImage"}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_demo_scene_draws_its_caption_left_to_right(seed):
+    caption = "on a white background, a big red circle, a small blue square and a big green triangle"
+    image = pack.module("nodes.toy_nodes").DemoScene().draw(caption, seed)[0]
+    assert image.shape == (1, 128, 128, 3) and image.dtype == torch.float32
+    measure = pack.module("toy.measure")
+    pixels = (image[0] * 255).round().byte().numpy()
+    assert measure.check(pixels, caption).ok
+    assert [f.colour for f in sorted(measure.objects(pixels), key=lambda f: f.centre[0])] == ["red", "blue", "green"]
+
+
+@pytest.mark.parametrize("caption, says", [("a photo of a cat", "toy-world captions only"),
+                                           ("on a white background, a big red circle and a small red square",
+                                            "different colours")])
+def test_demo_scene_refuses_what_the_toy_world_cannot_draw(caption, says):
+    with pytest.raises(pack.error_type(), match=says):
+        pack.module("nodes.toy_nodes").DemoScene().draw(caption, 0)
