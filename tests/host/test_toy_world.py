@@ -15,6 +15,7 @@ import pytest
 import tiny
 import torch
 from sampling import encode
+from toy_pictures import box, iou, pictures, psnr, thing
 
 tiny.import_comfy()
 import nodes  # noqa: E402
@@ -49,8 +50,6 @@ def sample(model, clip, positive, latent, seed):
                                  latent)[0]["samples"]
 
 
-def pictures(vae, samples) -> list[np.ndarray]:
-    return list((vae.decode(samples).clamp(0, 1) * 255).round().byte().numpy())
 
 
 def plain(demo, text, seed) -> np.ndarray:
@@ -70,14 +69,8 @@ def replace(p2p, demo, source, target, seed, model=None):
     return edited(p2p, (model or demo[0], *demo[1:]), "ReplaceEdit", seed, source, target, 0.8, 0.4, SIZE, SIZE)
 
 
-def thing(measure, image, colour):
-    """The object of that colour in the picture (the largest, if several), or None."""
-    found = [f for f in measure.objects(image) if f.colour == colour]
-    return max(found, key=lambda f: f.mask.sum()) if found else None
 
 
-def iou(a, b) -> float:
-    return float((a & b).sum() / max((a | b).sum(), 1))
 
 
 def test_sources_match_their_captions(demo, toy):
@@ -122,11 +115,6 @@ def test_colour_swap_in_half_precision_matches_fp32(p2p, demo, toy, dtype):
     assert difference < 1 and abs(ious["half"] - ious["fp32"]) < 0.02, (difference, ious)
 
 
-def box(found) -> tuple[float, float, int]:
-    """Centre (x, y) and width of an object's bounding box: a triangle's mass centre sits lower than a circle's in
-    the same box, so position is compared by box."""
-    xs, ys = np.nonzero(found.mask.any(0))[0], np.nonzero(found.mask.any(1))[0]
-    return (xs[0] + xs[-1]) / 2, (ys[0] + ys[-1]) / 2, int(xs[-1] - xs[0] + 1)
 
 
 def test_shape_swap_keeps_position_and_size(p2p, demo, toy):
@@ -257,8 +245,6 @@ def resample(model, clip, positive, latent, steps=STEPS):
                                            encode(clip, ""), latent, 0, 10000, "disable")[0]["samples"]
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    return 10 * math.log10(255 ** 2 / float(((a.astype(float) - b) ** 2).mean()))
 
 
 #: Steps of the reconstruction tests: few, where DDIM inversion's error (what negative-prompt inversion keeps)
