@@ -5,7 +5,7 @@
 
 ComfyUI is found from --comfyui, COMFYUI_PATH, or the folder this pack is installed in (custom_nodes/..).
 This file only finds and starts ComfyUI and loads the pack the way ComfyUI does; the work is in
-nodes/headless.py and nodes/demo.py.
+cli/headless.py and cli/demo.py.
 """
 
 from __future__ import annotations
@@ -71,10 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     package = sys.modules[nodes.NODE_CLASS_MAPPINGS["ReplaceEdit"].__module__.rsplit(".", 2)[0]]
     try:
         if args.command == "demo":
-            demo = importlib.import_module(f"{package.__name__}.nodes.demo")
+            demo = importlib.import_module(f"{package.__name__}.cli.demo")
             written = demo.run(args.output.resolve(), nodes.NODE_CLASS_MAPPINGS)
         else:
-            headless = importlib.import_module(f"{package.__name__}.nodes.headless")
+            headless = importlib.import_module(f"{package.__name__}.cli.headless")
             overrides = headless.Overrides(args.ckpt, args.steps, args.width, args.height, args.image, args.seed,
                                            args.sets)
             written = headless.run(args.workflow, overrides, args.output.resolve(), nodes.NODE_CLASS_MAPPINGS)

@@ -8,11 +8,11 @@ from ..p2p_core.blend import BlendSpec
 from ..p2p_core.errors import PromptToPromptError
 from ..p2p_core.store import MapAccumulator, Recorder
 from ..p2p_core.tokens import PromptTokens, TokenizeFn
+from ..runtime.families import family
+from ..runtime.patch import KEY, EditPatch, EditState
+from ..runtime.text import word_tokenizer
 from .edit_nodes import CATEGORY
-from .families import family
-from .patch import KEY, EditPatch, EditState
 from .store_nodes import LEVELS, AttentionRecord, level_input
-from .text import word_tokenizer
 
 
 def split_words(text: str) -> list[str]:

@@ -23,9 +23,9 @@ from ..p2p_core.render import colorize, overlay
 from ..p2p_core.schedule import Window
 from ..p2p_core.store import MapAccumulator, Recorder, Run, self_attention_components, token_heatmaps
 from ..p2p_core.tokens import PromptTokens, TokenizeFn
+from ..runtime.families import family
+from ..runtime.text import word_tokenizer
 from .edit_nodes import CATEGORY, MAX_RESOLUTION, finish, start_or_continue
-from .families import family
-from .text import word_tokenizer
 
 LEVELS = {"1/4": 4, "1/2": 2, "1/8": 8, "1/1": 1}
 LEVEL_TOOLTIP = ("Which layers: those whose feature map is this fraction of the latent's side. 1/4 is the paper's "

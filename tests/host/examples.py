@@ -29,7 +29,7 @@ def api_prompt(path: Path, family: str | None = None, steps: int = 3) -> dict[st
     family = family or next((f for prefix, f in (("flux", "flux"), ("sd35", "sd3")) if path.stem.startswith(prefix)),
                             "sd1")
     pack.load()
-    to_api = pack.module("nodes.workflow").to_api_prompt
+    to_api = pack.module("cli.workflow").to_api_prompt
     prompt = to_api(json.loads(path.read_text()), nodes.NODE_CLASS_MAPPINGS)
     for node in list(prompt.values()):
         kind, inputs = node["class_type"], node["inputs"]

@@ -66,7 +66,7 @@ def test_demo_runs_every_example_on_the_demo_model_and_writes_a_grid_each(tmp_pa
     done = demo(tmp_path, demo_file)
     assert done.returncode == 0, done.stderr[-3000:]
     written = [Path(line.removeprefix("wrote ")) for line in done.stdout.splitlines() if line.startswith("wrote ")]
-    examples = pack.module("nodes.demo").EXAMPLES
+    examples = pack.module("cli.demo").EXAMPLES
     # The flux_ and sd35_ examples need a joint-attention demo model: they join the demo with the joint-attention
     # toy model (in training, toy/MODEL.md); their graphs run on tiny Flux and SD3 models in test_workflows.py.
     assert {e.workflow.removesuffix(".json") for e in examples} == {
@@ -105,14 +105,14 @@ def comparable(prompt: dict[str, dict]) -> dict[str, tuple]:
             for key, node in prompt.items() if node["class_type"] not in IMAGE_SOURCES}
 
 
-@pytest.mark.parametrize("example", [e for e in pack.module("nodes.demo").EXAMPLES if e.name != "word_swap_shape"],
+@pytest.mark.parametrize("example", [e for e in pack.module("cli.demo").EXAMPLES if e.name != "word_swap_shape"],
                          ids=lambda e: e.name)
 def test_each_demo_template_is_its_example_as_the_demo_runs_it(example):
     """example_workflows/demo_<name>.json runs as shipped on the demo model with the demo's settings: the same
     graph as the checkpoint example once the demo has swapped in the demo model, its captions and steps."""
     import nodes
 
-    demo_module, headless = pack.module("nodes.demo"), pack.module("nodes.headless")
+    demo_module, headless = pack.module("cli.demo"), pack.module("cli.headless")
     template = pack.REPO_ROOT / "example_workflows" / f"demo_{example.name}.json"
     shipped = headless.load_prompt(template, nodes.NODE_CLASS_MAPPINGS)
     assert comparable(shipped) == comparable(demo_module.demo_prompt(example, nodes.NODE_CLASS_MAPPINGS, Path("x")))

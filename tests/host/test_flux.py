@@ -225,8 +225,8 @@ def test_sd3_finds_each_word_in_its_clip_and_its_t5_tokens(p2p):
     import pack
 
     _, clip, _ = executor.tiny_bundle("sd3")
-    text = pack.module("nodes.text")
-    key = pack.module("nodes.families").family(executor.tiny_bundle("sd3")[0]).text_key
+    text = pack.module("runtime.text")
+    key = pack.module("runtime.families").family(executor.tiny_bundle("sd3")[0]).text_key
     prompt = text.tokenize_prompt(clip, SOURCE, key)
     assert prompt.length == 154 and [offset for offset, _ in prompt.parts] == [0, 77]
     assert prompt.find("cat", text.word_tokenizer(clip, key)) == (2, 77 + 2)  # CLIP: after BOS; T5: after '▁', 'a'

@@ -136,7 +136,7 @@ def test_null_text_in_half_precision_reconstructs_as_well_as_in_fp32(p2p, dtype)
 def null_text_gradient(family: str, dtype: torch.dtype) -> torch.Tensor:
     """The embedding's gradient at a realistic loss (about 3e-5), computed as NullTextInvert computes it for a
     model in `dtype` (the node's half-precision measures, the pack's loss and backward)."""
-    inversion, core = pack.module("nodes.inversion_nodes"), pack.module("p2p_core.inversion")
+    inversion, core = pack.module("runtime.null_text"), pack.module("p2p_core.inversion")
     model, clip = gentle(family, dtype)
     cond_context, uncond_context = (encode(clip, text)[0][0] for text in (PROMPT, ""))
     sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "ddim_uniform", STEPS).tolist()

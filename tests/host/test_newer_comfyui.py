@@ -81,7 +81,7 @@ def test_embeddings_are_found_whichever_shape_the_tokenizer_answers_in(tmp_path,
             return (embedding, leftover) if returns.startswith("embedding, leftover") else \
                 (embedding, name.split()[0], leftover)
 
-    text = pack.module("nodes.text")
+    text = pack.module("runtime.text")
     tokenizer = Answering(clip.tokenizer.clip_l)
 
     def locate(prompt):
@@ -96,7 +96,7 @@ def test_embeddings_are_found_whichever_shape_the_tokenizer_answers_in(tmp_path,
 def test_the_command_lines_executor_is_made_as_the_hosts_main_makes_it(p2p):
     """Newer executors read their RAM headroom from `cache_args` on every run (None there was a TypeError in
     execution.py); the command line's executor gives what the host's PromptExecutor takes, and runs a graph."""
-    headless = pack.module("nodes.headless")
+    headless = pack.module("cli.headless")
     made = headless.new_executor(executor.ServerStub())
     takes = inspect.signature(execution.PromptExecutor).parameters
     if "cache_args" in takes:

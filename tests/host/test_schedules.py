@@ -22,7 +22,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def runs():
-    return pack.module("nodes.sampler_run")
+    return pack.module("runtime.sampler_run")
 
 
 def computed(model, steps: int, scheduler: str, sampler: str = "euler", denoise: float = 1.0) -> torch.Tensor:

@@ -21,7 +21,7 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def text():
-    return pack.module("nodes.text")
+    return pack.module("runtime.text")
 
 
 def stream_of(clip, prompt, key):

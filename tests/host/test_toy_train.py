@@ -284,7 +284,7 @@ def test_the_joint_attention_model_trains_resumes_and_loads_as_comfyuis_flux(tmp
         assert "dit.double_blocks.0.img_attn.norm.query_norm.scale" in set(handle.keys())
     patcher, loaded_clip, vae, read = flux_model.load(path)
     assert read.to_json() == config.to_json() and type(patcher.model).__name__ == "Flux"
-    assert pack.module("nodes.families").family(patcher).name == "Flux"
+    assert pack.module("runtime.families").family(patcher).name == "Flux"
     encoded, pooled = loaded_clip.encode_from_tokens(loaded_clip.tokenize(captions[0]), return_pooled=True)
     assert encoded.shape == (1, config.text_length, config.t5_width)
     positive = [[encoded, {"pooled_output": pooled}]]

@@ -21,15 +21,15 @@ tiny.import_comfy()
 import nodes  # noqa: E402
 
 SIZE, STEPS, CFG = 128, 20, 5.0
-#: The demo's captions, background first (nodes/demo.py says why).
-ONE, TWO, THREE = (getattr(pack.module("nodes.demo"), name) for name in ("ONE", "TWO", "THREE"))
+#: The demo's captions, background first (cli/demo.py says why).
+ONE, TWO, THREE = (getattr(pack.module("cli.demo"), name) for name in ("ONE", "TWO", "THREE"))
 #: The first eight seeds whose plain source pictures match their captions (test_sources_match_their_captions):
 #: of seeds 0-15, ONE and TWO are drawn right for all, THREE for all but 10.
 SEEDS = (0, 1, 2, 3, 4, 5, 6, 7)
 #: The first four seeds for which refining ONE into TWO adds the square and keeps the circle (see the refine test).
 REFINE_SEEDS = (0, 1, 2, 5)
-#: The refine test's cross-attention window, the demo's: half the steps, not the node's 0.8 (nodes/demo.py says why).
-REFINE_WINDOW = pack.module("nodes.demo").REFINE_WINDOW
+#: The refine test's cross-attention window, the demo's: half the steps, not the node's 0.8 (cli/demo.py says why).
+REFINE_WINDOW = pack.module("cli.demo").REFINE_WINDOW
 #: The first two seeds on which every word of the three-object caption peaks where it should (6 of seeds 0-7;
 #: on seeds 1 and 7 the square's heatmap peaks just outside the small square).
 ATTENTION_SEEDS = (0, 2)
@@ -224,7 +224,7 @@ def test_shape_words_attend_to_their_own_shapes_and_the_background_word_around_t
 def photo(demo, toy):
     """A scene the generator drew (the model never saw it), VAE-encoded: (caption, pixels, latent)."""
     scenes, _ = toy
-    demo_module = pack.module("nodes.demo")  # the real-image example's scene and caption
+    demo_module = pack.module("cli.demo")  # the real-image example's scene and caption
     pixels = scenes.draw(demo_module.PHOTO)[0]
     with torch.no_grad():  # else the latent carries the VAE's autograd graph into every test
         latent = nodes.VAEEncode().encode(demo[2], torch.from_numpy(pixels / 255.0).float()[None])[0]

@@ -203,7 +203,7 @@ def test_stored_maps_of_an_edited_row_are_the_injected_ones(p2p, sd1):
     """The official store keeps the attention tensor the edit overwrites in place, so an edited row's maps (and
     the local blend's mask) are the injected source maps while the cross window is open."""
     model, clip = sd1
-    tokenize = pack.module("nodes.text").word_tokenizer(clip)
+    tokenize = pack.module("runtime.text").word_tokenizer(clip)
 
     def recorded(cross):
         edited, _, _ = replace(p2p, model, clip, cross=cross)

@@ -25,7 +25,7 @@ def saved_images(prompt, result):
 
 def widget_slots(node_class: type) -> int:
     """How many values the front end saves for a node: one per widget, two for a seed-like widget."""
-    workflow = pack.module("nodes.workflow")
+    workflow = pack.module("cli.workflow")
     count = 0
     for section in node_class.INPUT_TYPES().values():
         for name, spec in section.items():
@@ -67,7 +67,7 @@ def test_a_widget_missing_from_an_older_file_gets_its_default():
     workflow = json.loads(path.read_text())
     show = next(n for n in workflow["nodes"] if n["type"] == "ShowAttention")
     show["widgets_values"] = show["widgets_values"][:3]
-    prompt = pack.module("nodes.workflow").to_api_prompt(workflow, nodes.NODE_CLASS_MAPPINGS)
+    prompt = pack.module("cli.workflow").to_api_prompt(workflow, nodes.NODE_CLASS_MAPPINGS)
     assert prompt[str(show["id"])]["inputs"]["components"] == 10
 
 
@@ -109,7 +109,7 @@ def test_command_line_set_keeps_text_that_is_not_json(assignment, value):
     import nodes
 
     prompt = {"7": {"class_type": "ShowAttention", "inputs": {}}}
-    pack.module("nodes.headless")._set(prompt, assignment, nodes.NODE_CLASS_MAPPINGS)
+    pack.module("cli.headless")._set(prompt, assignment, nodes.NODE_CLASS_MAPPINGS)
     assert prompt["7"]["inputs"][assignment.partition(".")[2].partition("=")[0]] == value
 
 
@@ -121,7 +121,7 @@ def converted(workflow: dict) -> dict:
     pack.load()
     import nodes
 
-    return pack.module("nodes.workflow").to_api_prompt(workflow, nodes.NODE_CLASS_MAPPINGS)
+    return pack.module("cli.workflow").to_api_prompt(workflow, nodes.NODE_CLASS_MAPPINGS)
 
 
 def insert_between(workflow: dict, link_id: int, node: dict) -> None:
@@ -172,7 +172,7 @@ def test_a_workflow_file_that_is_no_workflow_is_named(content, says, tmp_path):
         path.write_text(content)
     pack.load()
     with pytest.raises(pack.error_type(), match=f"{path.name}.*{says}"):
-        pack.module("nodes.headless").load_prompt(path, {})
+        pack.module("cli.headless").load_prompt(path, {})
 
 
 def test_command_line_set_of_an_input_the_node_does_not_have_lists_those_it_has():
@@ -182,14 +182,14 @@ def test_command_line_set_of_an_input_the_node_does_not_have_lists_those_it_has(
 
     prompt = {"7": {"class_type": "ShowAttention", "inputs": {}}}
     with pytest.raises(pack.error_type(), match="ShowAttention has no input 'wrods'.*words"):
-        pack.module("nodes.headless")._set(prompt, "ShowAttention.wrods=cat", nodes.NODE_CLASS_MAPPINGS)
+        pack.module("cli.headless")._set(prompt, "ShowAttention.wrods=cat", nodes.NODE_CLASS_MAPPINGS)
 
 
 @pytest.mark.parametrize("option", ["steps", "width", "height"])
 def test_command_line_zero_steps_or_size_is_not_ignored(option):
     """0 used to count as 'not given', so the workflow's own value ran."""
     pack.load()
-    headless = pack.module("nodes.headless")
+    headless = pack.module("cli.headless")
     prompt = {"1": {"class_type": "KSampler", "inputs": {"steps": 20}},
               "2": {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 512}}}
     headless.apply_overrides(prompt, headless.Overrides(**{option: 0}), {})
@@ -209,5 +209,5 @@ def test_command_line_ckpt_path_is_the_file_given_not_a_same_named_one_comfyui_f
         folder.mkdir()
         (folder / "model.safetensors").write_bytes(b"x")
     folder_paths.add_model_folder_path("checkpoints", str(theirs), is_default=True)
-    name = pack.module("nodes.headless")._checkpoint(str(mine / "model.safetensors"), "")
+    name = pack.module("cli.headless")._checkpoint(str(mine / "model.safetensors"), "")
     assert folder_paths.get_full_path("checkpoints", name) == str(mine / "model.safetensors")

@@ -69,7 +69,18 @@ class EditState:
 @dataclass
 class LayerCursor:
     """The attention call a transformer block makes next, set by our attn1/attn2 patches (ComfyUI runs them just
-    before each attention), and whether the override served it."""
+    before each attention), and whether the override served it.
+
+    The handshake, per UNet transformer block (ComfyUI calls both hooks; neither knows the other):
+
+        attn1 patch ──> next_layer: cursor = (self, layer, level), served = False
+        attention override ──> reads the cursor, edits or shares, served = True
+        attn2 patch ──> next_layer: checks served (else another node replaced the attention) ...
+        attention override ──> cross edit with this layer's maps, served = True
+
+    Joint-attention models have no attn1/attn2 patches: the override counts its calls (``calls``) and names the
+    block from the family's call order.
+    """
 
     kind: str = ""
     key: LayerKey | None = None

@@ -19,12 +19,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from typing import Any
 
+from ..nodes.blend_nodes import edit_word_lists, split_words, subtract_columns
 from ..p2p_core.align import refine_mapping, swap_mapping
 from ..p2p_core.errors import PromptToPromptError
 from ..p2p_core.schedule import parse_word_windows
 from ..p2p_core.tokens import MAX_CHUNKS, PromptTokens, TokenizeFn
-from .blend_nodes import edit_word_lists, split_words, subtract_columns
-from .text import tokenize_for_preview
+from ..runtime.text import tokenize_for_preview
 
 ROUTE = "/prompt_to_prompt/tokens"
 KINDS = ("replace", "refine", "reweight", "blend")
@@ -222,6 +222,7 @@ def register_routes() -> None:
     """Add the preview route to ComfyUI's server, when there is one (not in headless runs)."""
     try:
         from aiohttp import web
+
         from server import PromptServer
     except ImportError:
         return

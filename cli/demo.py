@@ -15,11 +15,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from ..nodes.store_nodes import label
+from ..nodes.toy_nodes import MODEL_FILE
 from ..p2p_core.errors import PromptToPromptError
 from ..toy import scenes
 from .headless import Overrides, apply_overrides, execute, load_prompt
-from .store_nodes import label
-from .toy_nodes import MODEL_FILE
 
 EXAMPLES_FOLDER = Path(__file__).resolve().parent.parent / "example_workflows"
 SIZE = scenes.SIZE

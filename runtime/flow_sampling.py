@@ -1,0 +1,53 @@
+"""The flow inversions' sampler (Euler, RF-Solver; p2p_core/flow.py), run where ComfyUI runs a sampler so it reads
+the velocity the sampler will read; and RF-Solver-2 as a k-diffusion sampler function, which samples it back."""
+
+from __future__ import annotations
+
+import comfy.samplers
+import torch
+from tqdm.auto import trange
+
+from ..p2p_core.flow import flow_invert, rf_solver_step, velocity
+from .inversion import StepProgress
+
+
+class FlowInversionSampler(comfy.samplers.Sampler):
+    """Runs a flow inversion where ComfyUI would run a sampler, with the model loaded and the conds processed."""
+
+    def __init__(self, method: str, progress: StepProgress) -> None:
+        self.method, self.progress = method, progress
+        self.noise: torch.Tensor | None = None
+
+    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
+               disable_pbar=False):
+        ones = latent_image.new_ones([latent_image.shape[0]])
+
+        def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:  # the guided x0 prediction, as samplers read it
+            return model_wrap(x, sigma * ones, **extra_args)
+
+        lowest = float(model_wrap.inner_model.model_sampling.sigma_min)
+        with torch.no_grad():
+            self.noise = flow_invert(velocity(denoise, lowest), latent_image, sigmas.tolist(), self.method,
+                                     on_step=self.progress)
+        return self.noise
+
+
+@torch.no_grad()
+def sample_rf_solver(model, x, sigmas, extra_args=None, callback=None, disable=None):
+    """RF-Solver-2 (p2p_core.flow.rf_solver_step) as a k-diffusion sampler function, for ComfyUI's KSAMPLER."""
+    extra_args = {} if extra_args is None else extra_args
+    ones, first = x.new_ones([x.shape[0]]), []
+
+    def denoise(latent: torch.Tensor, sigma: float) -> torch.Tensor:
+        denoised = model(latent, sigma * ones, **extra_args)
+        first.append(denoised)
+        return denoised
+
+    v = velocity(denoise, 0.0)  # sampling never reads sigma 0: its last step's midpoint is half the last sigma
+    for i in trange(len(sigmas) - 1, disable=disable):
+        first.clear()
+        sigma = float(sigmas[i])
+        x = rf_solver_step(v, x, sigma, float(sigmas[i + 1]))
+        if callback is not None:
+            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": first[0]})
+    return x
