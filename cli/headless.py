@@ -104,6 +104,11 @@ def _checkpoint(requested: str | None, named: str) -> str:
     """The checkpoint name the loader should use, making a given path visible to ComfyUI."""
     if requested:
         path = Path(requested).expanduser()
+        if path.is_file() and _is_demo_model(path):
+            raise PromptToPromptError(
+                f"{path} is the pack's demo model, which no checkpoint loader reads: run one of the demo_ templates "
+                "instead (example_workflows/demo_*.json: the Demo Model node in place of Load Checkpoint, toy "
+                "captions), e.g. `run example_workflows/demo_word_swap_colour.json`.")
         if path.is_file():
             # First among the folders ComfyUI searches, so a same-named file in models/checkpoints is not taken.
             folder_paths.add_model_folder_path("checkpoints", str(path.resolve().parent), is_default=True)
@@ -113,6 +118,17 @@ def _checkpoint(requested: str | None, named: str) -> str:
         return named
     folder = folder_paths.get_folder_paths("checkpoints")[0]
     raise PromptToPromptError(f"The checkpoint '{named}' was not found. " + DOWNLOAD_HINT.format(folder=folder))
+
+
+def _is_demo_model(path: Path) -> bool:
+    """Whether the file is one of the pack's demo models (its metadata names a toy config)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return any(key.startswith("toy_") for key in (handle.metadata() or {}))
+    except (SafetensorError, OSError):
+        return False
 
 
 def _set(prompt: dict[str, dict], assignment: str, node_classes: dict[str, type]) -> None:

@@ -211,3 +211,11 @@ def test_command_line_ckpt_path_is_the_file_given_not_a_same_named_one_comfyui_f
     folder_paths.add_model_folder_path("checkpoints", str(theirs), is_default=True)
     name = pack.module("cli.headless")._checkpoint(str(mine / "model.safetensors"), "")
     assert folder_paths.get_full_path("checkpoints", name) == str(mine / "model.safetensors")
+
+
+def test_command_line_ckpt_of_the_demo_model_points_to_the_demo_templates():
+    """`run --ckpt toy/prompt_to_prompt_toy.safetensors`: no checkpoint loader reads the demo model (ComfyUI says
+    "Could not detect model type"); the command line says which workflows run it."""
+    shipped = pack.module("nodes.toy_nodes").MODEL_FILE
+    with pytest.raises(pack.error_type(), match="demo_word_swap_colour"):
+        pack.module("cli.headless")._checkpoint(str(shipped), "")
