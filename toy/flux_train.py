@@ -45,11 +45,12 @@ def pooled_vectors(clip_l: torch.nn.Module, tokens: torch.Tensor) -> torch.Tenso
 
 def train_flux(config: flux_model.FluxToyConfig, data: dict[str, torch.Tensor], clip: Any, steps: int, batch: int,
                seed: int, checkpoint: Path, snapshot: Callable[[torch.nn.Module, torch.nn.Module], None],
-               bf16: bool, learning_rate: float = LEARNING_RATE, adaln_zero: bool = False
-               ) -> tuple[torch.nn.Module, torch.nn.Module]:
+               bf16: bool, learning_rate: float = LEARNING_RATE, adaln_zero: bool = False,
+               start_from: Path | None = None) -> tuple[torch.nn.Module, torch.nn.Module]:
     """Rectified flow with t = sigmoid(N(0, 1)), captions dropped 10 % of the time and the pooled vector alone
     ``POOLED_DROP`` of the time, EMA, one one-cycle schedule; ``checkpoint`` (every 500 steps) resumes it.
     ``adaln_zero``: start every block as the identity (DiT's adaLN-Zero), not only the final projection.
+    ``start_from``, another run's checkpoint, gives the networks and their EMA to start from (a second cycle).
 
     Runs with ComfyUI's ``in_training`` flag up (where the host has it), as its own training node does: newer
     ComfyUI applies RoPE with a fused kernel that has no backward, and takes the torch path while it is set.
@@ -60,14 +61,15 @@ def train_flux(config: flux_model.FluxToyConfig, data: dict[str, torch.Tensor], 
     mm.in_training = True
     try:
         return _train_flux(config, data, clip, steps, batch, seed, checkpoint, snapshot, bf16, learning_rate,
-                           adaln_zero)
+                           adaln_zero, start_from)
     finally:
         mm.in_training = training_before
 
 
 def _train_flux(config: flux_model.FluxToyConfig, data: dict[str, torch.Tensor], clip: Any, steps: int, batch: int,
                 seed: int, checkpoint: Path, snapshot: Callable[[torch.nn.Module, torch.nn.Module], None],
-                bf16: bool, learning_rate: float, adaln_zero: bool) -> tuple[torch.nn.Module, torch.nn.Module]:
+                bf16: bool, learning_rate: float, adaln_zero: bool, start_from: Path | None
+                ) -> tuple[torch.nn.Module, torch.nn.Module]:
     dit = flux_model.build_dit(config).diffusion_model
     _, t5 = flux_model.encoders(clip)
     train.initialise(dit, seed)
@@ -89,7 +91,10 @@ def _train_flux(config: flux_model.FluxToyConfig, data: dict[str, torch.Tensor],
     run = train.Training.start(dit, t5, train.used_tokens(data["t5"], empty.tolist()), learning_rate, steps)
     ema_dit, ema_t5, rows, trained, parameters = run.ema, run.ema_text, run.rows, run.trained, run.parameters
     optimiser, schedule = run.optimiser, run.schedule
-    first = run.resume(checkpoint, ((dit, "dit"), (t5, "t5"), (ema_dit, "ema_dit"), (ema_t5, "ema_t5")))
+    networks = ((dit, "dit"), (t5, "t5"), (ema_dit, "ema_dit"), (ema_t5, "ema_t5"))
+    first = run.resume(checkpoint, networks)
+    if first == 1 and start_from is not None:
+        train.resume(start_from, torch.load(start_from, weights_only=False), networks)
     rows.read()
     empty_pooled = data["empty_pooled"].float()
     stream = train.batches(data, batch, seed + first, ("t5", "pooled"))
@@ -145,6 +150,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fp32", action="store_true", help="train in fp32 (default: bf16 autocast where native)")
     parser.add_argument("--adaln-zero", action="store_true",
                         help="start every block as the identity (zero modulation, DiT's adaLN-Zero; toy/MODEL.md)")
+    parser.add_argument("--second-cycle", type=Path, metavar="CHECKPOINT",
+                        help="start from a finished run's checkpoint (its --work's flux.pt): a second one-cycle "
+                             "schedule of --steps at half the peak learning rate")
     parser.add_argument("--evaluate", type=train.at_least(1), default=100, help="captions sampled to measure accuracy")
     args = parser.parse_args(argv)
     train.use_comfyui(args.comfyui)
@@ -177,8 +185,9 @@ def main(argv: list[str] | None = None) -> None:
 
     bf16 = not args.fp32 and train.native_bf16()
     print(f"[flux] {'bf16 autocast' if bf16 else 'fp32'}", flush=True)
+    rate = LEARNING_RATE / 2 if args.second_cycle else LEARNING_RATE
     snapshot(*train_flux(config, data, clip, args.steps, args.batch, args.seed + 4, args.work / "flux.pt",
-                         snapshot, bf16, adaln_zero=args.adaln_zero))
+                         snapshot, bf16, rate, adaln_zero=args.adaln_zero, start_from=args.second_cycle))
     size = args.output.stat().st_size / 2 ** 20
     print(f"wrote {args.output} ({size:.1f} MiB) after {(time.time() - began) / 60:.1f} min", flush=True)
     scores = train.caption_accuracy(args.output, args.evaluate, args.seed + 5, load=flux_model.load,
