@@ -154,8 +154,15 @@ def _tiles(prompt: dict[str, dict], images: dict[str, list[tuple[str, Path]]]) -
     for node in sorted(images, key=int):
         previews = [path for kind, path in images[node] if kind == "temp"]
         for path, text in zip(previews, _preview_labels(prompt, node, len(previews))):
-            tiles.append(_read(path) if text is None else label(_read(path), text))
+            tiles.append(_read(path) if text is None else label(_framed(_read(path)), text))
     return tiles
+
+
+def _framed(tile: torch.Tensor, width: int = 2) -> torch.Tensor:
+    """A mask tile inside a grey frame: a mask that is black at its edges would otherwise melt into the grid."""
+    framed = tile.clone()
+    framed[:width], framed[-width:], framed[:, :width], framed[:, -width:] = 0.5, 0.5, 0.5, 0.5
+    return framed
 
 
 def _read(path: Path) -> torch.Tensor:
@@ -177,7 +184,7 @@ def _text_strip(lines: list[str], width: int, height: int = 22) -> torch.Tensor:
 
 def _grid(title: str, prompts: list[tuple[str, str]], tiles: list[torch.Tensor], columns: int = 4) -> Image.Image:
     """Tiles in rows of ``columns`` (padded to the tallest), under the title and the rows' prompts."""
-    height = max(t.shape[0] for t in tiles)
+    height, columns = max(t.shape[0] for t in tiles), min(columns, len(tiles))  # no empty columns beside two tiles
     tiles = [torch.cat([t, torch.zeros(height - t.shape[0], TILE, 3)]) for t in tiles]
     tiles += [torch.zeros(height, TILE, 3)] * (-len(tiles) % columns)
     body = torch.cat([torch.cat(tiles[i:i + columns], dim=1) for i in range(0, len(tiles), columns)])

@@ -209,13 +209,19 @@ class ShowAttention:
 
 
 def label(tile: torch.Tensor, text: str) -> torch.Tensor:
-    """The tile [H, W, 3] with a strip below it carrying `text`, as the paper's figures do."""
+    """The tile [H, W, 3] with a strip below it carrying `text`, as the paper's figures do (the font shrinks to
+    fit a long label in a narrow tile)."""
     height, width = tile.shape[:2]
     strip_height = max(14, height // 8)
     strip = Image.new("RGB", (width, strip_height), (0, 0, 0))
     draw = ImageDraw.Draw(strip)
-    font = ImageFont.load_default(size=max(10, strip_height * 3 // 4))
-    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    size = max(10, strip_height * 3 // 4)
+    while True:  # the largest font up to the strip's that fits the tile's width, so no label is cut
+        font = ImageFont.load_default(size=size)
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        if right - left <= width - 4 or size <= 6:
+            break
+        size -= 1
     draw.text(((width - (right - left)) / 2 - left, (strip_height - (bottom - top)) / 2 - top), text,
               fill=(255, 255, 255), font=font)
     strip_tensor = torch.from_numpy(np.asarray(strip, dtype=np.float32) / 255.0)

@@ -136,3 +136,19 @@ def test_demo_scene_draws_its_caption_left_to_right(seed):
 def test_demo_scene_refuses_what_the_toy_world_cannot_draw(caption, says):
     with pytest.raises(pack.error_type(), match=says):
         pack.module("nodes.toy_nodes").DemoScene().draw(caption, 0)
+
+
+def test_a_long_label_fits_a_narrow_tile():
+    labelled = pack.module("nodes.store_nodes").label(torch.zeros(64, 64, 3), "word mask: background")
+    strip = labelled[64:]
+    assert strip.max() > 0.5, "the label is drawn"
+    assert strip[:, :2].max() < 0.5 and strip[:, -2:].max() < 0.5, "the label runs off the tile"
+
+
+def test_a_grid_of_two_tiles_has_no_empty_columns_and_masks_are_framed():
+    demo_module = pack.module("cli.demo")
+    tile = torch.ones(demo_module.TILE, demo_module.TILE, 3)
+    grid = demo_module._grid("title", [("source", "a")], [tile, tile])
+    assert grid.width == 2 * demo_module.TILE
+    framed = demo_module._framed(torch.zeros(8, 8, 3))
+    assert framed[0].min() > 0 and framed[:, -1].min() > 0 and framed[4, 4].max() == 0
