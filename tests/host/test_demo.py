@@ -138,9 +138,10 @@ def test_demo_scene_refuses_what_the_toy_world_cannot_draw(caption, says):
         pack.module("nodes.toy_nodes").DemoScene().draw(caption, 0)
 
 
-def test_a_long_label_fits_a_narrow_tile():
-    labelled = pack.module("nodes.store_nodes").label(torch.zeros(64, 64, 3), "word mask: background")
-    strip = labelled[64:]
+def test_a_long_label_fits_its_tile():
+    """The demo grid's tiles are 256 wide, whose strip's font (24 px) drew "word mask: background" 277 px wide."""
+    labelled = pack.module("nodes.store_nodes").label(torch.zeros(256, 256, 3), "word mask: background")
+    strip = labelled[256:]
     assert strip.max() > 0.5, "the label is drawn"
     assert strip[:, :2].max() < 0.5 and strip[:, -2:].max() < 0.5, "the label runs off the tile"
 
