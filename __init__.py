@@ -1,7 +1,7 @@
 """ComfyUI Prompt-to-Prompt: cross-attention control and null-text inversion as ComfyUI nodes."""
 
 from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
-from .server import token_preview
+from .routes import token_preview
 
 token_preview.register_routes()
 

@@ -43,7 +43,8 @@ def call_with(node_class: type, **values):
 def test_every_node_of_the_pack_has_float_inputs_to_check():
     assert sorted(NODES) == sorted(["ReplaceEdit", "RefineEdit", "Reweight", "LocalBlendMask", "AttentionStore",
                                     "ShowAttention", "NullTextInvert", "FlowInvert"])
-    assert set(PACK.NODE_CLASS_MAPPINGS) - set(NODES) == {"PromptToPromptDemoModel", "RFSolverSampler"}
+    assert set(PACK.NODE_CLASS_MAPPINGS) - set(NODES) == {"PromptToPromptDemoModel", "PromptToPromptDemoScene",
+                                                           "RFSolverSampler"}
     assert all(float_inputs(node_class) for node_class in NODES.values())
 
 

@@ -164,5 +164,5 @@ def test_the_preview_warns_of_exactly_what_local_blend_refuses(p2p, sd1, error, 
         p2p["LocalBlendMask"]().apply(edited, clip, inputs["source_words"], inputs["edit_words"], 0.3, 0.2, "1/2",
                                       subtract_words=inputs["subtract_words"])
     body = json.dumps({"kind": "blend", "source": source, "targets": [target], **inputs}).encode()
-    answer = pack.module("server.token_preview").answer_body(body)
+    answer = pack.module("routes.token_preview").answer_body(body)
     assert str(refused.value) in answer["warnings"]
