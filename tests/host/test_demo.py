@@ -107,10 +107,14 @@ def comparable(prompt: dict[str, dict]) -> dict[str, tuple]:
 
 @pytest.mark.parametrize("example", [e for e in pack.module("cli.demo").EXAMPLES if e.name != "word_swap_shape"],
                          ids=lambda e: e.name)
-def test_each_demo_template_is_its_example_as_the_demo_runs_it(example):
+def test_each_demo_template_is_its_example_as_the_demo_runs_it(example, monkeypatch):
     """example_workflows/demo_<name>.json runs as shipped on the demo model with the demo's settings: the same
     graph as the checkpoint example once the demo has swapped in the demo model, its captions and steps."""
+    import folder_paths
     import nodes
+
+    # The demo points ComfyUI's input folder at its photo's: put it back for the tests that follow.
+    monkeypatch.setattr(folder_paths, "input_directory", folder_paths.get_input_directory())
 
     demo_module, headless = pack.module("cli.demo"), pack.module("cli.headless")
     template = pack.REPO_ROOT / "example_workflows" / f"demo_{example.name}.json"
