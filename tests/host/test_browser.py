@@ -310,3 +310,32 @@ def test_the_demo_model_runs_the_word_swap_example_in_the_real_ui(server, page, 
     assert red and yellow, saved
     overlap = (red[0].mask & yellow[0].mask).sum() / (red[0].mask | yellow[0].mask).sum()
     assert overlap >= 0.7, overlap
+
+
+FOUND_IN_SEARCH = """(name) => [...document.querySelectorAll('[role=option], [data-testid=result-item], li')]
+  .some((e) => e.textContent.includes(name))"""
+SEARCH_INPUT = "[role=dialog] input[type=text], [role=search] input[type=text]"
+
+
+def open_node_search(page):
+    """Double-click the empty canvas, as a user opens node search; its text field."""
+    page.locator("#graph-canvas").dblclick(position={"x": 700, "y": 450})
+    search = page.locator(SEARCH_INPUT).first
+    search.wait_for(state="visible", timeout=15_000)
+    return search
+
+
+def test_typing_in_node_search_finds_the_replace_node(server, page):
+    """What a user types on an empty canvas (double click, then a word) lists Prompt-to-Prompt Replace: "swap" is in
+    its name; "p2p" only in its search aliases, which the front end reads where ComfyUI publishes them (0.33; 0.3.64
+    does not, and its search knows names and categories)."""
+    published = "search_aliases" in live_server.get_json(server + "/object_info/ReplaceEdit")["ReplaceEdit"]
+    page.evaluate("() => { app.graph.clear(); app.canvas.setDirty(true, true); }")
+    open_node_search(page)  # the first search box of a page mounts late: open and close it once
+    page.keyboard.press("Escape")
+    page.evaluate("() => { app.graph.clear(); app.canvas.setDirty(true, true); }")
+    for typed in ("swap", "p2p") if published else ("swap",):
+        open_node_search(page).fill(typed)
+        page.wait_for_function(FOUND_IN_SEARCH, arg="Prompt-to-Prompt Replace", timeout=30_000)
+        page.screenshot(path=str(screenshots() / f"search-{typed}.png"))
+        page.keyboard.press("Escape")
