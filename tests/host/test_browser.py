@@ -327,15 +327,18 @@ def open_node_search(page):
 
 def test_typing_in_node_search_finds_the_replace_node(server, page):
     """What a user types on an empty canvas (double click, then a word) lists Prompt-to-Prompt Replace: "swap" is in
-    its name; "p2p" only in its search aliases, which the front end reads where ComfyUI publishes them (0.33; 0.3.64
-    does not, and its search knows names and categories)."""
+    its name and aliases, "p2p" only in its aliases, which the front end reads where ComfyUI publishes them (0.33)."""
     published = "search_aliases" in live_server.get_json(server + "/object_info/ReplaceEdit")["ReplaceEdit"]
+    if not published:  # measured: 0.3.64's front end (1.27) lists only "Pika Swaps" for "swap"
+        pytest.skip("this ComfyUI publishes no search aliases, and its front end's search does not reach 'swap' at "
+                    "the end of the node's name")
     page.evaluate("() => { app.graph.clear(); app.canvas.setDirty(true, true); }")
     open_node_search(page)  # the first search box of a page mounts late: open and close it once
     page.keyboard.press("Escape")
     page.evaluate("() => { app.graph.clear(); app.canvas.setDirty(true, true); }")
-    for typed in ("swap", "p2p") if published else ("swap",):
+    for typed in ("swap", "p2p"):
         open_node_search(page).fill(typed)
-        page.wait_for_function(FOUND_IN_SEARCH, arg="Prompt-to-Prompt Replace", timeout=30_000)
+        page.wait_for_timeout(1000)
         page.screenshot(path=str(screenshots() / f"search-{typed}.png"))
+        page.wait_for_function(FOUND_IN_SEARCH, arg="Prompt-to-Prompt Replace", timeout=30_000)
         page.keyboard.press("Escape")
