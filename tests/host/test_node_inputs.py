@@ -16,7 +16,7 @@ import tiny
 tiny.import_comfy()
 
 PACK = pack.load()
-#: Every node of the pack that takes inputs (the demo model's loader takes none).
+#: Every node of the pack that takes inputs (the demo model's loader and the RF-Solver sampler take none).
 NODES = {key: node for key, node in PACK.NODE_CLASS_MAPPINGS.items() if node.INPUT_TYPES() != {"required": {}}}
 TITLES = PACK.NODE_DISPLAY_NAME_MAPPINGS
 typed_inputs = pack.module("nodes.inputs").typed_inputs
@@ -40,12 +40,11 @@ def call_with(node_class: type, **values):
     return function(**{**dict.fromkeys(required), **numbers, **values})
 
 
-def test_every_node_of_the_pack_has_float_inputs_to_check():
+def test_every_node_of_the_pack_has_numbers_to_check():
     assert sorted(NODES) == sorted(["ReplaceEdit", "RefineEdit", "Reweight", "LocalBlendMask", "AttentionStore",
-                                    "ShowAttention", "NullTextInvert", "FlowInvert"])
-    assert set(PACK.NODE_CLASS_MAPPINGS) - set(NODES) == {"PromptToPromptDemoModel", "PromptToPromptDemoScene",
-                                                           "RFSolverSampler"}
-    assert all(float_inputs(node_class) for node_class in NODES.values())
+                                    "ShowAttention", "NullTextInvert", "FlowInvert", "PromptToPromptDemoScene"])
+    assert set(PACK.NODE_CLASS_MAPPINGS) - set(NODES) == {"PromptToPromptDemoModel", "RFSolverSampler"}
+    assert all(float_inputs(node_class) or int_inputs(node_class) for node_class in NODES.values())
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf], ids=["nan", "inf", "-inf"])
