@@ -222,7 +222,6 @@ def register_routes() -> None:
     """Add the preview route to ComfyUI's server, when there is one (not in headless runs)."""
     try:
         from aiohttp import web
-
         from server import PromptServer
     except ImportError:
         return

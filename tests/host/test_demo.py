@@ -111,6 +111,7 @@ def test_each_demo_template_is_its_example_as_the_demo_runs_it(example, monkeypa
     """example_workflows/demo_<name>.json runs as shipped on the demo model with the demo's settings: the same
     graph as the checkpoint example once the demo has swapped in the demo model, its captions and steps."""
     import folder_paths
+
     import nodes
 
     # The demo points ComfyUI's input folder at its photo's: put it back for the tests that follow.
