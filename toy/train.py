@@ -71,7 +71,7 @@ def initialise(module: torch.nn.Module, seed: int) -> None:
         for layer in module.modules():
             for name, param in layer.named_parameters(recurse=False):
                 if "Norm" in type(layer).__name__:
-                    param.fill_(1.0 if name == "weight" else 0.0)
+                    param.fill_(0.0 if name == "bias" else 1.0)  # "weight", or "scale" (Flux's RMSNorm before 0.33)
                 elif isinstance(layer, torch.nn.Embedding):
                     param.normal_(0, 0.02)
                 elif param.dim() == 1:
