@@ -122,3 +122,13 @@ def test_the_rf_solver_sampler_samples_plain_prompts_and_edits_without_a_warning
     out = sample_back(p2p, patched, guided, latent, "rf-solver", noise=custom.RandomNoise().get_noise(3)[0])
     assert torch.isfinite(out).all() and not torch.allclose(out[0], out[1])
     assert "not one of ComfyUI's" not in caplog.text
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_rf_solver_reconstructs_in_half_precision(p2p, dtype):
+    """The transformer in fp16 or bf16, as on a user's GPU: the velocity is read back in fp32 (ComfyUI's x0 is), so
+    the inversion still retraces, within the rounding of the half-precision model."""
+    model = tiny.make_gentle_model("flux", 0.2, dtype=dtype)
+    clip = executor.tiny_bundle("flux")[1]
+    error = reconstruction_error(p2p, model, clip, "rf-solver")
+    assert error < 2e-3 * float(photo(model)["samples"].pow(2).mean())  # measured 1.7e-4 (fp16), 1.8e-4 (bf16)
