@@ -23,8 +23,9 @@ from ..p2p_core.plan import (
 from ..p2p_core.schedule import Window, parse_word_windows
 from ..p2p_core.tokens import PromptTokens
 from ..runtime.families import Family, family
-from ..runtime.patch import INVERSION_KEY, KEY, EditPatch, EditState, same_rows
+from ..runtime.patch import INVERSION_KEY, KEY, EditPatch, EditState
 from ..runtime.text import batch_conditioning, encode_prompt, tokenize_prompt, word_tokenizer
+from ..runtime.wiring import same_rows
 
 CATEGORY = "prompt-to-prompt"
 MAX_RESOLUTION = 16384

@@ -17,8 +17,9 @@ from tqdm.auto import tqdm
 
 from ..p2p_core.errors import PromptToPromptError
 from .patch import INVERSION_KEY as KEY
-from .patch import attach, same_rows
+from .patch import attach
 from .sampler_run import sampler_name, sampler_step
+from .wiring import same_rows
 
 GUIDANCE_FUNCTIONS = ("sampler_cfg_function", "sampler_pre_cfg_function", "sampler_post_cfg_function")
 """ModelPatcher options through which nodes change classifier-free guidance."""
