@@ -12,17 +12,15 @@ import torch
 from ..p2p_core.edits import EditPlan
 from ..p2p_core.errors import PromptToPromptError
 from ..p2p_core.plan import (
-    SELF_LAYER_CHOICES,
     check_source,
     edit_row,
     require_words,
     reweight_factors,
     reweight_row,
-    self_layer_level,
 )
 from ..p2p_core.schedule import Window, parse_word_windows
 from ..p2p_core.tokens import PromptTokens
-from ..runtime.families import Family, family
+from ..runtime.families import SELF_LAYER_CHOICES, Family, family
 from ..runtime.patch import INVERSION_KEY, KEY, EditPatch, EditState
 from ..runtime.text import batch_conditioning, encode_prompt, tokenize_prompt, word_tokenizer
 from ..runtime.wiring import same_rows
@@ -69,7 +67,10 @@ def _inputs(prompts: dict, extra_required: dict | None = None) -> dict:
                            "latent's side and smaller for generated images, half and smaller for an inverted photo "
                            "(at 512x512 the official code's 16x16 and 32x32; it counts pixels, so at 256 or 768 it "
                            "picks other layers). all: every layer (locks fine structure; shape changes get "
-                           "weaker), half, quarter: those layers and smaller."}),
+                           "weaker), half, quarter: those layers and smaller. Flux and SD3 share the source's image "
+                           "queries and keys by block: auto and all, every block (Exploring MM-DiT's default); on "
+                           "Flux also double blocks, single blocks, or vital blocks (Stable Flow's 4 double and 5 "
+                           "single blocks that shape the picture most)."}),
         },
     }
 
@@ -201,7 +202,7 @@ class _EditNode:
         target = check_same_length(family(model), state.plan.source, tokenize_prompt(clip, target_prompt, key))
         row = edit_row(self.KIND, state.plan.source, target, Window(0.0, cross_replace_steps),
                        Window(0.0, self_replace_steps), parse_word_windows(word_windows), word_tokenizer(clip, key),
-                       self_layer_level(self_attention_layers, inverted(model)))
+                       family(model).self_sharing_layers(self_attention_layers, inverted(model)))
         state = state.with_row(state.plan.add_row(row), encode_prompt(clip, target_prompt, model))
         return finish(model, state, width, height, latent)
 
@@ -273,18 +274,18 @@ class Reweight:
         state = start_or_continue(model, clip, source_prompt)
         plan = state.plan
         cross, self_window = Window(0.0, cross_replace_steps), Window(0.0, self_replace_steps)
-        self_level = self_layer_level(self_attention_layers, inverted(model))
+        self_layers = family(model).self_sharing_layers(self_attention_layers, inverted(model))
         names = [w.strip() for w in words.split(",") if w.strip()]
         tokenize = word_tokenizer(clip, family(model).text_key)
         if apply_to == "last edit" and plan.rows:
             last = plan.rows[-1]
             factors = reweight_factors(last.prompt, names, scale, tokenize)
-            plan = plan.replace_last_row(last.with_reweight(factors, cross, self_window, self_level))
+            plan = plan.replace_last_row(last.with_reweight(factors, cross, self_window, self_layers))
             state = state.with_row(plan, None)
         else:
-            row = reweight_row(plan.source, cross, self_window, self_level)
+            row = reweight_row(plan.source, cross, self_window, self_layers)
             row = row.with_reweight(reweight_factors(row.prompt, names, scale, tokenize), cross, self_window,
-                                    self_level)
+                                    self_layers)
             state = state.with_row(plan.add_row(row), state.encodings[0])
         return finish(model, state, width, height, latent)
 

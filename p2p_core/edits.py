@@ -64,16 +64,18 @@ class RowEdit:
     word_windows: tuple[WordWindow, ...] = ()
     scale: torch.Tensor | None = None
     """Reweighting factors per token column (None: no reweighting)."""
-    self_level: int = 4
-    """Self-attention is shared only in layers at this level or coarser (1: every layer; 4: a quarter of the
-    latent's side and smaller, the official code's layers for generated images)."""
+    self_layers: frozenset | None = None
+    """The layers (as the model's family keys them) that share self-attention while the self window is open;
+    None: every layer. The node picks them from the user's choice (UNet: the official code's levels; Flux: block
+    presets), so this module never needs to know how a model is built."""
 
     def with_reweight(self, factors: torch.Tensor, cross_window: Window, self_window: Window,
-                      self_level: int) -> RowEdit:
+                      self_layers: frozenset | None) -> RowEdit:
         """This row reweighted, as the official code chains a reweighting controller on an edit: the outer
         (reweighting) controller's windows govern the row, and its factors multiply any earlier ones."""
         scale = factors if self.scale is None else self.scale * factors
-        return replace(self, scale=scale, cross_window=cross_window, self_window=self_window, self_level=self_level)
+        return replace(self, scale=scale, cross_window=cross_window, self_window=self_window,
+                       self_layers=self_layers)
 
     def cross_edit(self, step: int, steps: int) -> StepEdit | None:
         """The cross-attention edit at `step` of `steps`, or None when the row runs on its own maps."""
@@ -91,8 +93,8 @@ class RowEdit:
     def shares_self_attention(self, step: int, steps: int) -> bool:
         return self.self_window.contains(step, steps)
 
-    def shares_self_attention_at(self, level: int) -> bool:
-        return level >= self.self_level
+    def shares_self_attention_in(self, layer) -> bool:
+        return self.self_layers is None or layer in self.self_layers
 
 
 @dataclass(frozen=True)

@@ -16,14 +16,6 @@ from .errors import PromptToPromptError
 from .schedule import Window
 from .tokens import PromptTokens, TokenizeFn
 
-SELF_LAYER_LEVELS = {"all": 1, "half": 2, "quarter": 4}
-"""Self-attention is shared in layers at this level or coarser (a layer's level: how many times smaller than the
-latent its side is). "quarter" is the official code's limit for generated images (16x16 at 512x512: the stable
-notebook, the diffusers pipeline; 32x32 at 1024x1024 for SDXL), "half" the null-text notebook's for real images
-(32x32 at 512x512)."""
-SELF_LAYER_CHOICES = ("auto",) + tuple(SELF_LAYER_LEVELS)
-"""'auto': the official choice, "quarter" for generated images and "half" for inverted real images."""
-
 
 def require_words(prompt: PromptTokens, role: str,
                   fix: str = "write the prompt the edit should start from") -> PromptTokens:
@@ -35,20 +27,22 @@ def require_words(prompt: PromptTokens, role: str,
 
 
 def edit_row(kind: str, source: PromptTokens, target: PromptTokens, cross: Window, self_window: Window,
-             word_windows: Sequence[tuple[str, Window]], tokenize: TokenizeFn, self_level: int = 4) -> RowEdit:
+             word_windows: Sequence[tuple[str, Window]], tokenize: TokenizeFn,
+             self_layers: frozenset | None = None) -> RowEdit:
     """A word-swap ("replace") or refinement ("refine") row; per-word windows name target words."""
     require_words(source, "source prompt")
     require_words(target, "target prompt", "write the prompt of the edited picture")
     mappings = {"replace": swap_mapping, "refine": refine_mapping}
     mapping = mappings[kind](source, target)
     windows = tuple(WordWindow(target.find(word, tokenize), window) for word, window in word_windows)
-    return RowEdit(kind, target, mapping, cross, self_window, windows, self_level=self_level)
+    return RowEdit(kind, target, mapping, cross, self_window, windows, self_layers=self_layers)
 
 
-def reweight_row(source: PromptTokens, cross: Window, self_window: Window, self_level: int = 4) -> RowEdit:
+def reweight_row(source: PromptTokens, cross: Window, self_window: Window,
+                 self_layers: frozenset | None = None) -> RowEdit:
     """A row that repeats the source prompt, to be reweighted (the paper's standalone reweighting)."""
     require_words(source, "source prompt")
-    return RowEdit("reweight", source, identity_mapping(source), cross, self_window, self_level=self_level)
+    return RowEdit("reweight", source, identity_mapping(source), cross, self_window, self_layers=self_layers)
 
 
 def reweight_factors(prompt: PromptTokens, words: Sequence[str], scale: float, tokenize: TokenizeFn) -> torch.Tensor:
@@ -59,18 +53,6 @@ def reweight_factors(prompt: PromptTokens, words: Sequence[str], scale: float, t
     for word in words:
         factors[list(prompt.find(word, tokenize))] = scale
     return factors
-
-
-def self_layer_level(name: str, real_image: bool) -> int:
-    """The finest level that shares self-attention for a self_attention_layers choice ("auto": quarter for
-    generated images, half for real ones, which is the official code's choice at 512x512; it counts pixels, 16x16
-    and 32x32, so it differs at other sizes)."""
-    if name == "auto":
-        name = "half" if real_image else "quarter"
-    if name not in SELF_LAYER_LEVELS:
-        raise PromptToPromptError(
-            f"Unknown self-attention layer choice '{name}'; use one of {list(SELF_LAYER_CHOICES)}.")
-    return SELF_LAYER_LEVELS[name]
 
 
 def check_source(plan: EditPlan, source_text: str) -> None:

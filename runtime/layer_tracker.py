@@ -43,7 +43,7 @@ class LayerTracker(SharedOnClone):
         if any((attention, k) in state.replaced_for_guidance for k in (key, key[:2])):
             busy = False  # a guidance pass's perturbed layer (PAG): that pass runs unedited there
         elif kind == "self":
-            busy = any(shares and row.shares_self_attention_at(level)
+            busy = any(shares and row.shares_self_attention_in(key)
                        for shares, row in zip(state.shares_self, self.plan.rows))
             busy = busy or any(a.level == level for a in state.recording_self)
         else:

@@ -60,7 +60,7 @@ class AttentionOverride(SharedOnClone):
         """Self-attention with the source's maps for the rows that share it here; a recorded row's maps are the
         ones it attends with (the source's, while shared, as the official store keeps them)."""
         pairs = [(source, row) for source, row, i in self.row_pairs(state, q.shape[0])
-                 if state.shares_self[i] and self.plan.rows[i].shares_self_attention_at(state.cursor.level)]
+                 if self.shares_self(state, i, state.cursor.key)]
         q, k = shared_queries_keys(q, k, pairs)
         record, recorder = self.recorder_at(state.recording_self, state, options, q.shape[0])
         if recorder is not None:
@@ -72,8 +72,8 @@ class AttentionOverride(SharedOnClone):
         every double block, then every single block; SD3: every joint block), so the call's place in that order
         names its block, on every ComfyUI (0.3.x sets no block name in the options). Flux passes
         [B, heads, L, dim] (skip_reshape), SD3 [B, L, heads * dim] with heads by keyword; text first in both.
-        SD3.5's blocks also make an image-only attention call, the image's own self-attention: a row sharing the
-        source's image queries and keys takes them there too."""
+        SD3.5's blocks also make an image-only attention call after the joint one, the image's own self-attention:
+        a row sharing the source's image queries and keys in that block takes them there too."""
         options = kwargs.get("transformer_options") or {}
         state: CallState | None = options.get(KEY)
         if state is None:
@@ -82,16 +82,17 @@ class AttentionOverride(SharedOnClone):
         text, image = state.context_tokens, state.image_grid[0] * state.image_grid[1]
         length = q.shape[2] if kwargs.get("skip_reshape") else q.shape[1]
         pairs = self.row_pairs(state, q.shape[0])
-        if length == image and text:  # an image-only call beside a joint one (SD3.5)
-            shared = [(source, row) for source, row, i in pairs if state.shares_self[i]]
+        cursor = state.cursor
+        if length == image and text:  # an image-only call after its block's joint one (SD3.5)
+            shared = [(source, row) for source, row, i in pairs if self.shares_self(state, i, cursor.key)]
             q, k = shared_queries_keys(q, k, shared)
             return func(q, k, v, *args, **kwargs)
-        keys, cursor = list(self.levels), state.cursor
+        keys = list(self.levels)
         key = keys[cursor.calls] if cursor.calls < len(keys) else None
         cursor.calls += 1
-        rows = [JointRow(source, row, state.cross[i], state.shares_self[i]) for source, row, i in pairs
-                if state.cross[i] is not None or state.shares_self[i]]
         cursor.key, cursor.level = key, self.levels.get(key, 0)
+        rows = [JointRow(source, row, state.cross[i], self.shares_self(state, i, key)) for source, row, i in pairs]
+        rows = [row for row in rows if row.cross is not None or row.shares]
         recording = key is not None and key[0] in self.family.map_blocks
         record, recorder = self.recorder_at(state.recording, state, options, q.shape[0]) if recording else ([], None)
         if not rows and recorder is None:
@@ -115,6 +116,10 @@ class AttentionOverride(SharedOnClone):
 
         out = joint_attention(q, k, v, text, rows, fused, [row for row, _ in record], recorder)
         return out.transpose(1, 2).reshape(batch, length, -1)
+
+    def shares_self(self, state: CallState, row: int, layer) -> bool:
+        """Whether edited row `row` takes the source's self-attention (its image queries and keys) in `layer` now."""
+        return state.shares_self[row] and self.plan.rows[row].shares_self_attention_in(layer)
 
     def row_pairs(self, state: CallState, batch: int) -> list[tuple[int, int, int]]:
         if not self.plan.rows:

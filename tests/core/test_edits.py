@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import torch
 
 from p2p_core.align import TokenMapping
@@ -58,15 +60,20 @@ def test_an_unmapped_column_in_an_open_window_is_scaled_on_its_own_map():
 
 def test_chained_reweights_multiply_and_take_the_last_windows():
     a, b = torch.tensor([2.0, 1, 1, 1]), torch.tensor([1.0, -1, 1, 1])
-    r = row().with_reweight(a, Window(0, 0.5), Window(0, 0.5), 2).with_reweight(b, Window(0, 0.9), Window(0, 0.1), 4)
+    first, last = frozenset({"a", "b"}), frozenset({"b"})
+    r = row().with_reweight(a, Window(0, 0.5), Window(0, 0.5), first).with_reweight(b, Window(0, 0.9), Window(0, 0.1),
+                                                                                     last)
     assert r.scale.tolist() == [2.0, -1.0, 1.0, 1.0]
-    assert r.cross_window == Window(0, 0.9) and r.self_window == Window(0, 0.1) and r.self_level == 4
+    assert r.cross_window == Window(0, 0.9) and r.self_window == Window(0, 0.1) and r.self_layers == last
 
 
 def test_self_sharing_window_and_layers():
     r = row()
     assert [r.shares_self_attention(i, 8) for i in range(3)] == [True, True, False]
-    assert r.shares_self_attention_at(4) and r.shares_self_attention_at(8) and not r.shares_self_attention_at(2)
+    assert r.shares_self_attention_in(("output", 8, 0))  # no layers named: every layer
+    chosen = replace(r, self_layers=frozenset({("input", 4, 0), ("middle", 0, 0)}))
+    assert chosen.shares_self_attention_in(("input", 4, 0)) and chosen.shares_self_attention_in(("middle", 0, 0))
+    assert not chosen.shares_self_attention_in(("output", 8, 0))
 
 
 def test_edit_cross_maps_by_hand():

@@ -7,6 +7,7 @@ ModelSamplingFlux) on that one."""
 from __future__ import annotations
 
 import executor
+import pack
 import pytest
 import tiny
 import torch
@@ -68,6 +69,43 @@ def test_each_part_of_a_word_swap_acts_and_keeps_the_source_row(p2p, joint, cros
     target_alone = plain(model, clip, TARGET, latent)
     assert not torch.allclose(out[1], target_alone, atol=1e-4)
     assert_close(out[0], plain(model, clip, SOURCE, latent))
+
+
+@pytest.fixture(scope="module")
+def flux_double_blocks_only(flux):
+    """A tiny Flux without its single-stream blocks: sharing in its double blocks is sharing in every block."""
+    model = tiny.make_model("flux")
+    model.model.diffusion_model.single_blocks = torch.nn.ModuleList()
+    return model, flux[1]
+
+
+def test_block_presets_share_the_source_image_queries_and_keys_in_their_blocks_only(p2p, flux_double_blocks_only):
+    model, clip = flux_double_blocks_only
+    out = {}
+    for layers in ("auto", "double blocks", "single blocks"):
+        patched, positive, latent = replace(p2p, model, clip, cross=0.0, self_=1.0, self_attention_layers=layers)
+        out[layers] = ksample(patched, clip, positive, latent, cfg=1.0)[1]
+    target_alone = plain(model, clip, TARGET, latent, cfg=1.0)
+    assert not torch.allclose(out["auto"], target_alone, atol=1e-4)  # sharing acts
+    assert torch.equal(out["double blocks"], out["auto"])
+    assert_close(out["single blocks"], target_alone)  # this model has no single block to share in
+
+
+def test_vital_blocks_are_stable_flows_at_full_depth_and_at_the_same_relative_depth_otherwise():
+    families = pack.module("runtime.families")
+    double, single = list(range(19)), list(range(38))
+    assert families.same_relative_depth(double, families.VITAL_DOUBLE, 19) == [0, 1, 17, 18]
+    assert families.same_relative_depth(single, families.VITAL_SINGLE, 38) == [6, 9, 34, 35, 37]
+    assert sorted(set(families.same_relative_depth([0, 1, 2], families.VITAL_DOUBLE, 19))) == [0, 2]
+
+
+@pytest.mark.parametrize("family_name, layers, offered", [
+    ("flux", "half", "auto, all, double blocks, single blocks, vital blocks"), ("sd3", "double blocks", "auto, all"),
+    ("sd1", "vital blocks", "auto, all, half, quarter")])
+def test_a_self_attention_layer_choice_the_family_lacks_names_its_choices(p2p, error, family_name, layers, offered):
+    model, clip, _ = executor.tiny_bundle(family_name)
+    with pytest.raises(error, match=f"'{layers}' is not a choice on .*, which offers {offered} "):
+        replace(p2p, model, clip, self_attention_layers=layers)
 
 
 def test_refine_and_reweight(p2p, joint):
