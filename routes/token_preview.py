@@ -23,14 +23,15 @@ from ..nodes.blend_nodes import edit_word_lists, split_words, subtract_columns
 from ..p2p_core.align import refine_mapping, swap_mapping
 from ..p2p_core.errors import PromptToPromptError
 from ..p2p_core.schedule import parse_word_windows
-from ..p2p_core.tokens import MAX_CHUNKS, PromptTokens, TokenizeFn
+from ..p2p_core.tokens import MAX_CHUNKS, PromptTokens, Tokenizers
 from ..runtime.text import tokenize_for_preview
 
 ROUTE = "/prompt_to_prompt/tokens"
 KINDS = ("replace", "refine", "reweight", "blend")
-ENCODERS = ("clip", "t5")
-"""Text encoders the preview tokenizes for: the CLIP of SD1.x/SD2.x/SDXL, Flux's T5 (the front end tells them
-apart by the loaders upstream of the node)."""
+ENCODERS = {"clip": ("",), "t5": ("",), "sd3": ("CLIP", "T5")}
+"""Text encoders the preview tokenizes for, with the names of their streams in the context: the CLIP of
+SD1.x/SD2.x/SDXL, Flux's T5, SD3's CLIP chunks then its T5 tokens (the front end tells them apart by the loaders
+upstream of the node)."""
 MAX_TARGETS = 64
 """Edited rows of one chain (Show Attention's row input goes up to 64 too)."""
 MAX_TEXT_CHARACTERS = MAX_CHUNKS * 75 * 8
@@ -114,18 +115,26 @@ def _words(text: str) -> list[str]:
     return [w.strip() for w in text.replace(";", ",").split(",") if w.strip()]
 
 
-def _row(label: str, prompt: PromptTokens, status: dict[int, str], marks: dict[int, set[str]]) -> dict:
+def _rows(label: str, prompt: PromptTokens, status: dict[int, str], marks: dict[int, set[str]],
+          streams: tuple[str, ...]) -> list[dict]:
+    """A prompt's line in the preview, or one line per stream of a joined context (SD3: its CLIP, then its T5)."""
+    parts = prompt.parts or ((0, prompt),)
+    return [_row(f"{label} {stream}".strip(), part, offset, status, marks) for (offset, part), stream in
+            zip(parts, streams)]
+
+
+def _row(label: str, prompt: PromptTokens, offset: int, status: dict[int, str], marks: dict[int, set[str]]) -> dict:
     texts = iter(prompt.token_texts())
     tokens = []
     for word in prompt.words:
         for i, token in enumerate(word.tokens):
             tokens.append({"text": next(texts), "word": word.text, "first": i == 0,
-                           "status": status.get(token.position, "kept"),
-                           "marks": sorted(marks.get(token.position, ()))})
+                           "status": status.get(offset + token.position, "kept"),
+                           "marks": sorted(marks.get(offset + token.position, ()))})
     return {"label": label, "tokens": tokens}
 
 
-def _mark(prompt: PromptTokens, words: list[str], mark: str, tokenize: TokenizeFn, marks: dict[int, set[str]],
+def _mark(prompt: PromptTokens, words: list[str], mark: str, tokenize: Tokenizers, marks: dict[int, set[str]],
           warnings: list[str]) -> None:
     for word in words:
         try:
@@ -198,8 +207,10 @@ def preview(request: PreviewRequest) -> dict[str, Any]:
             for marks, positions in zip([source_marks, *target_marks], found):
                 for position in positions:
                     marks.setdefault(position, set()).add("subtracted")
-    rows = [_row("source", source, source_status, source_marks)]
-    rows += [_row(f"edit {i + 1}", t, s, m) for i, (t, s, m) in enumerate(zip(targets, target_status, target_marks))]
+    streams = ENCODERS[request.encoder]
+    rows = _rows("source", source, source_status, source_marks, streams)
+    for i, (t, s, m) in enumerate(zip(targets, target_status, target_marks)):
+        rows += _rows(f"edit {i + 1}", t, s, m, streams)
     return {"rows": rows, "warnings": warnings, "error": error}
 
 

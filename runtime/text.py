@@ -126,25 +126,33 @@ def tokenize_prompt(clip, text: str, key: TextKey = None) -> PromptTokens:
     return PromptTokens.joined(text, parts) if isinstance(key, tuple) else parts[0]
 
 
-def tokenize_for_preview(text: str, encoder: str = "clip") -> tuple[PromptTokens, TokenizeFn]:
-    """A prompt's layout on the tokenizer of a text ``encoder``, without a loaded checkpoint: "clip" (ComfyUI's
+def tokenize_for_preview(text: str, encoder: str = "clip") -> tuple[PromptTokens, Tokenizers]:
+    """A prompt's layout on the tokenizers of a text ``encoder``, without a loaded checkpoint: "clip" (ComfyUI's
     CLIP-L tokenizer: SD1.x, SD2.x and SDXL share its BPE vocabulary and chunk layout, SD2 and SDXL's G only pad
-    with 0 instead of the end token) or "t5" (Flux's T5 tokenizer, padded as Flux pads). The words and their
-    tokens are those sampling will see."""
-    tokenizer = _preview_tokenizer(encoder)
-    return _locate(text, lambda: tokenizer.tokenize_with_weights(text, return_word_ids=True), tokenizer), \
-        _word_tokenizer(tokenizer)
+    with 0 instead of the end token), "t5" (Flux's T5 tokenizer, padded as Flux pads) or "sd3" (CLIP's chunks,
+    then T5's tokens, padded as SD3 pads: the context SD3 reads, stream by stream). The words and their tokens are
+    those sampling will see."""
+    tokenizers = _preview_tokenizers(encoder)
+    parts = [_locate(text, lambda t=t: t.tokenize_with_weights(text, return_word_ids=True), t) for t in tokenizers]
+    if len(parts) == 1:
+        return parts[0], _word_tokenizer(tokenizers[0])
+    return PromptTokens.joined(text, parts), tuple(_word_tokenizer(t) for t in tokenizers)
 
 
 @functools.cache
-def _preview_tokenizer(encoder: str) -> sd1_clip.SDTokenizer:
-    """The encoder's tokenizer, looking up textual-inversion embeddings where checkpoint loaders do."""
+def _preview_tokenizers(encoder: str) -> tuple[sd1_clip.SDTokenizer, ...]:
+    """The encoder's tokenizer(s), looking up textual-inversion embeddings where checkpoint loaders do."""
     embeddings = folder_paths.get_folder_paths("embeddings")
     if encoder == "t5":
         from comfy.text_encoders.flux import T5XXLTokenizer
 
-        return T5XXLTokenizer(embedding_directory=embeddings)
-    return sd1_clip.SDTokenizer(embedding_directory=embeddings)
+        return (T5XXLTokenizer(embedding_directory=embeddings),)
+    clip = sd1_clip.SDTokenizer(embedding_directory=embeddings)
+    if encoder == "sd3":
+        from comfy.text_encoders.sd3_clip import T5XXLTokenizer
+
+        return clip, T5XXLTokenizer(embedding_directory=embeddings)
+    return (clip,)
 
 
 def _locate(text: str, stream: Callable[[], list], tokenizer: sd1_clip.SDTokenizer) -> PromptTokens:

@@ -50,9 +50,10 @@ function upstream(node) {
   return chain;
 }
 
-// The text encoder whose tokens the sampler will see: Flux reads T5's. Told by the loaders the node's model and
-// clip come from (a DualCLIPLoader of type flux, a checkpoint or diffusion model named flux...), through any nodes
-// between; CLIP (SD1.x, SD2.x, SDXL) otherwise.
+// The text encoder whose tokens the sampler will see: Flux reads T5's, SD3 CLIP's chunks then T5's tokens. Told by
+// the loaders the node's model and clip come from (a DualCLIPLoader of type flux or sd3, a TripleCLIPLoader, a
+// checkpoint or diffusion model named flux or sd3...), through any nodes between; CLIP (SD1.x, SD2.x, SDXL)
+// otherwise.
 function encoder(node) {
   const seen = new Set();
   const queue = [node];
@@ -62,6 +63,9 @@ function encoder(node) {
     seen.add(current.id);
     const values = (current.widgets ?? []).map((w) => String(w.value ?? ""));
     if (current !== node && values.some((v) => /flux/i.test(v) && !/flux\.?2/i.test(v))) return "t5";
+    if (current !== node && (current.comfyClass === "TripleCLIPLoader" || values.some((v) => /sd3/i.test(v)))) {
+      return "sd3";
+    }
     for (const input of current.inputs ?? []) {
       if (input.link == null || !["MODEL", "CLIP"].includes(input.type)) continue;
       const link = linkOf(current.graph ?? app.graph, input.link);

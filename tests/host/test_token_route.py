@@ -126,6 +126,22 @@ def test_flux_prompts_show_t5_tokens_where_the_edit_finds_them(tiny_server: str)
     assert [t["status"] for t in answer["rows"][1]["tokens"]] == ["kept", "kept", "swapped", "swapped", "kept"]
 
 
+def test_sd3_prompts_show_a_line_per_stream_of_its_context(tiny_server: str):
+    """encoder 'sd3' (the front end sends it where the model or CLIP comes from an SD3 loader): SD3 reads CLIP's
+    chunks then T5's tokens, and the edit acts on a word in both, so each prompt shows both streams."""
+    status, answer = live_server.post(tiny_server + ROUTE, {"kind": "replace", "source": "a cat, sitting",
+                                                            "targets": ["a dog, sitting"], "encoder": "sd3"})
+    assert status == 200 and answer["error"] is None
+    assert [row["label"] for row in answer["rows"]] == ["source CLIP", "source T5", "edit 1 CLIP", "edit 1 T5"]
+    assert [t["text"] for t in answer["rows"][1]["tokens"]] == ["\u2581", "a", "cat", ",", "sitting"]
+    assert [t["status"] for t in answer["rows"][2]["tokens"]] == ["kept", "swapped", "swapped", "kept"]
+    assert [t["status"] for t in answer["rows"][3]["tokens"]] == ["kept", "kept", "swapped", "swapped", "kept"]
+    status, answer = live_server.post(tiny_server + ROUTE, {"kind": "reweight", "source": "a cat, sitting",
+                                                            "words": "cat", "encoder": "sd3"})
+    marked = [[t["text"] for t in row["tokens"] if "reweighted" in t["marks"]] for row in answer["rows"]]
+    assert marked == [["cat"], ["cat"]]  # no edit row yet: the source is the row reweighted
+
+
 def test_a_prompt_the_edit_would_refuse_is_shown_as_its_error(tiny_server: str):
     """Too long for an edit but within the route's size: the preview shows the node's own message."""
     status, answer = live_server.post(tiny_server + ROUTE, {"kind": "replace", "source": "cat " * 1300,
