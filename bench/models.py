@@ -1,5 +1,5 @@
-"""Full-size random-weight SD1.5 / SDXL models, and a full-width Flux.1 dev of reduced depth, for the benchmark,
-built from ComfyUI's own classes.
+"""Full-size random-weight SD1.5 / SDXL models, and full-width Flux.1 dev and SD3.5 medium of reduced depth, for the
+benchmark, built from ComfyUI's own classes.
 
 No weights can be downloaded here, and none are needed: the time and memory of a sampling run depend on
 the shapes of the UNet and its inputs, not on the weight values. The UNets therefore use exactly the
@@ -12,6 +12,9 @@ Flux.1 dev (12 B parameters) does not fit this machine's memory in fp32: ``flux`
 model (3072 wide, 24 heads, T5-XXL's 4096-wide context of 256 tokens, CLIP-L's pooled 768) with
 ``FLUX_BLOCKS`` double and single blocks instead of 19 and 38. Every block costs the same, so the ratio of an
 edit's time to plain sampling's is that of the full model (a block's attention share is what it is in Flux).
+``sd3`` is SD3.5 medium at full width (1536 wide, 24 heads, its 384-patch position table, CLIP-L + CLIP-G + T5-XXL
+context of 154 tokens) with ``SD3_BLOCKS`` of its 24 joint blocks, the first with SD3.5's image-only attention
+(the real model has it in blocks 0-12).
 
 Device: CUDA (fp16) when available, else CPU (fp32), as ComfyUI itself would pick.
 """
@@ -33,9 +36,11 @@ if str(TESTS_HOST) not in sys.path:  # tiny.py (weight init, ComfyUI discovery) 
 
 import tiny  # noqa: E402
 
-FAMILIES = ("sd15", "sdxl", "flux")
+FAMILIES = ("sd15", "sdxl", "flux", "sd3")
 #: Flux's (double, single) blocks in the benchmark: one of each kind (the real model has 19 and 38).
 FLUX_BLOCKS = (1, 1)
+#: SD3.5 medium's joint blocks in the benchmark (the real model has 24): one with image-only attention, one without.
+SD3_BLOCKS = 2
 
 #: Text transformer depth: enough for SDXL's penultimate-layer outputs (SDClipModel asserts |idx| < layers).
 TEXT_LAYERS = 3
@@ -89,6 +94,13 @@ def unet_config(family: str, dtype: torch.dtype) -> dict[str, Any]:
         if "txt_ids_dims" in {f.name for f in dataclasses.fields(FluxParams)}:
             config["txt_ids_dims"] = []
         return config
+    if family == "sd3":
+        return {"in_channels": 16, "out_channels": 16, "patch_size": 2, "depth": 24, "num_blocks": SD3_BLOCKS,
+                "adm_in_channels": 2048, "input_size": None, "pos_embed_scaling_factor": None,
+                "context_embedder_config": {"target": "torch.nn.Linear",
+                                            "params": {"in_features": 4096, "out_features": 1536}},
+                "pos_embed_max_size": 384, "num_patches": 147456, "qk_norm": "rms", "x_block_self_attn_layers": [0],
+                "dtype": dtype}
     common = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
               "legacy": False, "dtype": dtype, "in_channels": 4, "model_channels": 320,
               "use_temporal_attention": False, "use_temporal_resblock": False}
@@ -115,7 +127,7 @@ def _check_detection(family: str, diffusion_model: torch.nn.Module, config: dict
     keys = {f"model.diffusion_model.{k}": v for k, v in diffusion_model.state_dict().items()}
     detected = comfy.model_detection.detect_unet_config(keys, "model.diffusion_model.")
     mismatched = {k: (v, config.get(k)) for k, v in detected.items()
-                  if k not in ("dtype", "txt_ids_dims") and k in config and config.get(k) != v}
+                  if k not in ("dtype", "txt_ids_dims", "num_blocks") and k in config and config.get(k) != v}
     if mismatched:
         raise AssertionError(f"{family} UNet is not what model_detection reads back: {mismatched}")
     expected = config_class(family)
@@ -128,7 +140,7 @@ def config_class(family: str) -> type:
     """ComfyUI's model config class of ``family``."""
     import comfy.supported_models as sm
 
-    return {"sd15": sm.SD15, "sdxl": sm.SDXL, "flux": sm.Flux}[family]
+    return {"sd15": sm.SD15, "sdxl": sm.SDXL, "flux": sm.Flux, "sd3": sm.SD3}[family]
 
 
 @dataclass
@@ -170,6 +182,11 @@ def make_clip(family: str, seed: int = 0, dtype: torch.dtype | None = None) -> A
 
     dtype = dtype or unet_dtype()
     target = config_class(family)(unet_config(family, dtype)).clip_target()
+    if family == "sd3":  # SD3's loader picks its encoders from the file's keys: all three here
+        import comfy.supported_models_base
+        import comfy.text_encoders.sd3_clip as sd3_clip
+
+        target = comfy.supported_models_base.ClipTarget(sd3_clip.SD3Tokenizer, sd3_clip.sd3_clip())
     layers = {"num_hidden_layers": TEXT_LAYERS}
     options = {"dtype": dtype, "clip_l_model_config": dict(layers), "clip_g_model_config": dict(layers),
                "t5xxl_model_config": {"num_layers": 1}}

@@ -48,8 +48,12 @@ REFINED = "a photo of a cat riding a red bicycle"
 CROSS, SELF = 0.8, 0.4  # the nodes' defaults (and the paper's word-swap settings)
 SAMPLER, SCHEDULER = "ddim", "ddim_uniform"
 
+#: The reduced-depth models' shapes, for the results header.
+MODEL_SHAPES = {
+    "flux": f"(full width, {models.FLUX_BLOCKS[0]} double + {models.FLUX_BLOCKS[1]} single blocks of 19 + 38",
+    "sd3": f"SD3.5 medium (full width, {models.SD3_BLOCKS} joint blocks of 24"}
 #: Targets from the issues: (time ratio, memory ratio) of an edited batch over plain sampling of its rows.
-EDIT_TARGETS = {"sd15": (1.10, 1.05), "sdxl": (1.10, 1.05), "flux": (1.15, 1.05)}
+EDIT_TARGETS = {"sd15": (1.10, 1.05), "sdxl": (1.10, 1.05), "flux": (1.15, 1.05), "sd3": (1.15, 1.05)}
 #: Fast inversion modes against one plain sampling pass of 1 row.
 FAST_INVERSION_TARGET = 2.2
 #: Null-text inversion, 50 steps, one 512² image, on an H100 (seconds).
@@ -147,7 +151,7 @@ def build_variants(p2p: dict[str, type], bundle: models.Bundle, size: int, cfg: 
 
     model, clip = bundle.model, bundle.clip
     negative = nodes.CLIPTextEncode().encode(clip, "")[0]
-    joint = bundle.family == "flux"  # Flux dev: one pass per step (cfg 1), maps at its 2x2 patches
+    joint = bundle.family in ("flux", "sd3")  # maps at their 2x2 patches
     level = "1/2" if joint else "1/4"
 
     def sampler(patched: Any, positive: list, latent: dict, name: str = SAMPLER) -> Callable[[int], torch.Tensor]:
@@ -298,9 +302,7 @@ def machine_lines(args: argparse.Namespace, bundle: models.Bundle, cuda: bool) -
         f"- torch {torch.__version__}, ComfyUI {comfyui_version()}, Python {platform.python_version()}; "
         f"torch threads {models.threads_note()}",
         f"- Attention kernel ComfyUI chose: `{attention.optimized_attention.__name__}`",
-        f"- Model: {args.model} "
-        + (f"(full width, {models.FLUX_BLOCKS[0]} double + {models.FLUX_BLOCKS[1]} single blocks of 19 + 38" if
-           args.model == "flux" else "UNet, full size")
+        f"- Model: {args.model} " + MODEL_SHAPES.get(args.model, "UNet, full size")
         + f" ({bundle.parameters / 1e6:.0f} M parameters), random weights, "
         f"{str(bundle.dtype).removeprefix('torch.')} on {models.device_name()}; {args.size}x{args.size} "
         f"(latent {args.size // 8}x{args.size // 8}); text encoders with the real tokenizers and widths, "
@@ -482,7 +484,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup-steps", type=int, default=3,
                         help="steps of each variant's warm-up run "
                              "(3: the self- and cross-attention windows are both open in it)")
-    parser.add_argument("--cfg", type=float, help="default 7.5 (Flux: 1.0, one pass per step as Flux dev samples)")
+    parser.add_argument("--cfg", type=float, help="default 7.5 (Flux: 1.0, one pass per step as "
+                        "Flux dev samples; SD3: 4.5, SD3.5 medium's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", help="comma-separated variants to run (baselines are added); choices: "
                                        + ", ".join(SAMPLING + INVERSION))
@@ -523,9 +526,9 @@ def main(argv: list[str] | None = None) -> int:
     import pack
 
     cuda = models.device_name() == "cuda"
-    args.size = args.size or (256 if not cuda else {"sd15": 512, "sdxl": 1024, "flux": 1024}[args.model])
-    if args.model == "flux" and args.cfg_default:
-        args.cfg = 1.0  # Flux dev is guidance-distilled: one pass per step
+    args.size = args.size or (256 if not cuda else {"sd15": 512, "sdxl": 1024, "flux": 1024, "sd3": 1024}[args.model])
+    if args.cfg_default:
+        args.cfg = {"flux": 1.0, "sd3": 4.5}.get(args.model, args.cfg)  # Flux dev: one pass per step
     args.steps = args.steps or (50 if cuda else 10)
     nulltext_repeats = args.nulltext_repeats or (args.repeats if cuda else 1)
     out = args.out or models.REPO_ROOT / "bench" / "results" / f"{'gpu' if cuda else 'cpu'}-{args.model}-{args.size}.md"

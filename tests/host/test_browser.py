@@ -271,7 +271,10 @@ SWAP_IN_THE_DEMO_MODEL = """() => {
     graph.remove(old);
   }
   app.canvas.setDirty(true, true);
-  return graph._nodes.filter((n) => n.type === "PromptToPromptDemoModel").map((n) => n.title);
+  const ctx = document.createElement("canvas").getContext("2d");  // the front end draws a title in the node's
+  ctx.font = `${LiteGraph.NODE_TEXT_SIZE ?? 14}px ${LiteGraph.NODE_FONT ?? "Arial"}`;  // width less a title height
+  return graph._nodes.filter((n) => n.type === "PromptToPromptDemoModel").map(
+    (n) => [n.title, n.size[0] >= ctx.measureText(n.title).width + 2 * (LiteGraph.NODE_TITLE_HEIGHT ?? 30)]);
 }"""
 
 SET_WIDGET = """([type, name, value]) => {
@@ -287,7 +290,8 @@ def test_the_demo_model_runs_the_word_swap_example_in_the_real_ui(server, page, 
     source = "on a white background, a big red circle and a small blue square"
     workflow = json.loads((pack.REPO_ROOT / "example_workflows" / "replace_word_swap.json").read_text())
     page.evaluate("async (wf) => { await app.loadGraphData(wf); }", workflow)
-    assert page.evaluate(SWAP_IN_THE_DEMO_MODEL) == ["Prompt-to-Prompt Demo Model"]
+    # added as a user adds it, the node is wide enough for its whole title (the front end sizes it by its slots)
+    assert page.evaluate(SWAP_IN_THE_DEMO_MODEL) == [["Prompt-to-Prompt Demo Model", True]]
     for setting in (("ReplaceEdit", "source_prompt", source),
                     ("ReplaceEdit", "target_prompt", source.replace("red", "yellow")),
                     ("ReplaceEdit", "width", 128), ("ReplaceEdit", "height", 128),
