@@ -50,8 +50,8 @@ SAMPLER, SCHEDULER = "ddim", "ddim_uniform"
 
 #: The reduced-depth models' shapes, for the results header.
 MODEL_SHAPES = {
-    "flux": f"(full width, {models.FLUX_BLOCKS[0]} double + {models.FLUX_BLOCKS[1]} single blocks of 19 + 38",
-    "sd3": f"SD3.5 medium (full width, {models.SD3_BLOCKS} joint blocks of 24"}
+    "flux": f"(full width, {models.FLUX_BLOCKS[0]} double + {models.FLUX_BLOCKS[1]} single blocks of 19 + 38)",
+    "sd3": f"SD3.5 medium (full width, {models.SD3_BLOCKS} of its 24 joint blocks)"}
 #: Targets from the issues: (time ratio, memory ratio) of an edited batch over plain sampling of its rows.
 EDIT_TARGETS = {"sd15": (1.10, 1.05), "sdxl": (1.10, 1.05), "flux": (1.15, 1.05), "sd3": (1.15, 1.05)}
 #: Fast inversion modes against one plain sampling pass of 1 row.
