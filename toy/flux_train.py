@@ -133,6 +133,14 @@ def _train_flux(config: flux_model.FluxToyConfig, data: dict[str, torch.Tensor],
     return ema_dit.eval(), ema_t5.eval()
 
 
+def block_counts(text: str) -> tuple[int, int]:
+    """An argparse type: 'DOUBLE,SINGLE' block counts, at least one double block (where the word maps are read)."""
+    parts = text.split(",")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts) or int(parts[0]) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not DOUBLE,SINGLE block counts like 3,3 (at least one double)")
+    return int(parts[0]), int(parts[1])
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, required=True, help="folder for resumable intermediate results")
@@ -147,6 +155,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=train.at_least(1), default=12000)
     parser.add_argument("--batch", type=train.at_least(1), default=32)
     parser.add_argument("--hidden", type=train.at_least(16), default=flux_model.FluxToyConfig.hidden)
+    default = flux_model.FluxToyConfig
+    parser.add_argument("--blocks", type=block_counts, default=(default.double_blocks, default.single_blocks),
+                        metavar="DOUBLE,SINGLE",
+                        help=f"double- and single-stream blocks (default {default.double_blocks},"
+                             f"{default.single_blocks}; a single block costs 0.4 of a double one: toy/MODEL.md)")
     parser.add_argument("--fp32", action="store_true", help="train in fp32 (default: bf16 autocast where native)")
     parser.add_argument("--adaln-zero", action="store_true",
                         help="start every block as the identity (zero modulation, DiT's adaLN-Zero; toy/MODEL.md)")
@@ -161,7 +174,8 @@ def main(argv: list[str] | None = None) -> None:
     began = time.time()
 
     unet_config, unet_parts = model.read(args.unet_model)
-    config = flux_model.FluxToyConfig(hidden=args.hidden, clip=dataclasses.asdict(unet_config) | {"notes": {}})
+    config = flux_model.FluxToyConfig(hidden=args.hidden, double_blocks=args.blocks[0], single_blocks=args.blocks[1],
+                                      clip=dataclasses.asdict(unet_config) | {"notes": {}})
     autoencoder = model.build_autoencoder(unet_config)
     autoencoder.load_state_dict(unet_parts["vae"])
     autoencoder.eval()

@@ -31,6 +31,18 @@ def test_a_bad_argument_stops_training_before_it_starts_naming_its_flag(flag, va
     assert not list(tmp_path.iterdir()), "nothing may be trained or written"
 
 
+@pytest.mark.parametrize("value", ["3", "0,3", "3,x", "3,3,3", ""])
+def test_bad_block_counts_stop_the_joint_attention_training_before_it_starts(value, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        pack.module("toy.flux_train").main(["--work", str(tmp_path), "--blocks", value])
+    assert stop.value.code == 2 and "--blocks" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir()), "nothing may be trained or written"
+
+
+def test_block_counts_read_as_double_and_single():
+    assert pack.module("toy.flux_train").block_counts("2,5") == (2, 5)
+
+
 @pytest.mark.parametrize("blank_padding, bf16", [(0.0, False), (1.0, False), (0.0, True), (1.0, True)])
 def test_blank_padding_gives_the_unet_the_empty_captions_padding_and_keeps_the_words(blank_padding, bf16, tmp_path,
                                                                                      monkeypatch):
