@@ -160,6 +160,9 @@ def main(argv: list[str] | None = None) -> None:
                         metavar="DOUBLE,SINGLE",
                         help=f"double- and single-stream blocks (default {default.double_blocks},"
                              f"{default.single_blocks}; a single block costs 0.4 of a double one: toy/MODEL.md)")
+    parser.add_argument("--t5-layers", type=train.at_least(1), default=default.t5_layers,
+                        help=f"layers of the T5 (default {default.t5_layers}; each costs 0.16 M parameters at width "
+                             f"{default.t5_width}: toy/MODEL.md)")
     parser.add_argument("--fp32", action="store_true", help="train in fp32 (default: bf16 autocast where native)")
     parser.add_argument("--adaln-zero", action="store_true",
                         help="start every block as the identity (zero modulation, DiT's adaLN-Zero; toy/MODEL.md)")
@@ -175,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
 
     unet_config, unet_parts = model.read(args.unet_model)
     config = flux_model.FluxToyConfig(hidden=args.hidden, double_blocks=args.blocks[0], single_blocks=args.blocks[1],
-                                      clip=dataclasses.asdict(unet_config) | {"notes": {}})
+                                      t5_layers=args.t5_layers, clip=dataclasses.asdict(unet_config) | {"notes": {}})
     autoencoder = model.build_autoencoder(unet_config)
     autoencoder.load_state_dict(unet_parts["vae"])
     autoencoder.eval()
