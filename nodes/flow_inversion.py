@@ -1,5 +1,6 @@
-"""FlowInvert: a photo's latent to the noise a flow model (Flux, SD3) samples back into it, to edit it; and the
-RF-Solver sampler that samples it back to second order.
+"""FlowInvert: a photo's latent to the noise a flow model (Flux, SD3) samples back into it, to edit it; the
+RF-Solver sampler that samples it back to second order; and the FlowEdit sampler, which edits a photo without
+inverting it.
 
 The inversion runs inside ComfyUI's sampling (a custom Sampler driven by the guider), so it reads the velocity the
 sampler will read: the same conditioning (FluxGuidance included), cfg and model patches. The MODEL it returns
@@ -17,7 +18,7 @@ from ..p2p_core.errors import PromptToPromptError
 from ..p2p_core.flow import FLOW_METHODS
 from ..p2p_core.plan import require_words
 from ..runtime.families import family
-from ..runtime.flow_sampling import FlowInversionSampler, sample_rf_solver
+from ..runtime.flow_sampling import FlowInversionSampler, sample_flowedit, sample_rf_solver
 from ..runtime.inversion import Inversion, InversionPatch, StepProgress
 from ..runtime.text import tokenize_prompt
 from .edit_nodes import CATEGORY
@@ -42,6 +43,30 @@ class RFSolverSampler:
 
     def sampler(self) -> tuple:
         return (comfy.samplers.KSAMPLER(sample_rf_solver),)
+
+
+class FlowEditSampler:
+    """FlowEdit: a photo edited by a flow model without inverting it."""
+
+    SEARCH_ALIASES = ["flowedit", "flow edit", "inversion-free", "edit photo", "flux edit", "sd3 edit", "p2p"]
+    DESCRIPTION = ("FlowEdit (Kulikov et al. 2024): edits a photo on a flow model (Flux, SD3) without inverting it. "
+                   "Encode the photo (VAE Encode) into a Prompt-to-Prompt edit node's latent input, with the source "
+                   "prompt describing the photo and the edited prompt, and sample the node's model, positive and "
+                   "latent with SamplerCustom and this sampler. The scheduler's denoise sets how much may change "
+                   "(FlowEdit's n_max: 24 of 28 steps is denoise 0.86); the seed draws its noise. Set the edit "
+                   "node's steps to 0 for FlowEdit alone, or keep them to add the source's attention.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("SAMPLER",)
+    OUTPUT_TOOLTIPS = ("The FlowEdit sampler, for SamplerCustom or SamplerCustomAdvanced with an edit node's "
+                       "outputs.",)
+    FUNCTION = "sampler"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {"required": {}}
+
+    def sampler(self) -> tuple:
+        return (comfy.samplers.KSAMPLER(sample_flowedit),)
 
 
 class FlowInvert(InvertNode):
@@ -114,6 +139,7 @@ class FlowInvert(InvertNode):
         return InversionPatch(inversion).install(model), {"samples": inverted}
 
 
-NODE_CLASS_MAPPINGS = {"FlowInvert": FlowInvert, "RFSolverSampler": RFSolverSampler}
+NODE_CLASS_MAPPINGS = {"FlowInvert": FlowInvert, "RFSolverSampler": RFSolverSampler, "FlowEditSampler": FlowEditSampler}
 NODE_DISPLAY_NAME_MAPPINGS = {"FlowInvert": "Prompt-to-Prompt Invert Image (flow)",
-                              "RFSolverSampler": "Prompt-to-Prompt RF-Solver Sampler"}
+                              "RFSolverSampler": "Prompt-to-Prompt RF-Solver Sampler",
+                              "FlowEditSampler": "Prompt-to-Prompt FlowEdit Sampler"}

@@ -1,4 +1,4 @@
-"""Real-image inversion for rectified-flow models (Flux, SD3): Euler inversion and RF-Solver.
+"""Real images on rectified-flow models (Flux, SD3): Euler inversion, RF-Solver, and FlowEdit's inversion-free step.
 
 Flow models sample the ODE dx/dsigma = v(x, sigma) from noise (sigma 1) to the image (sigma 0), with
 x_sigma = (1 - sigma) x0 + sigma * eps. ComfyUI's models return the x0 prediction D(x, sigma) = x - sigma * v
@@ -15,6 +15,8 @@ integrating its ODE the other way, from the image up to sigma 1, with the guidan
   velocity's derivative taken over a half step. Written out, x + h v + h^2/2 (v_mid - v) / (h / 2) is the
   midpoint rule x + h * v(x + h/2 v, sigma + h/2); sampling back with the same step (the pack's RF-Solver
   sampler) retraces it to second order, at two model calls a step.
+
+FlowEdit (Kulikov et al., arXiv 2412.08629) edits without inverting: ``flowedit_step``.
 """
 
 from __future__ import annotations
@@ -65,3 +67,17 @@ def flow_invert(v: Velocity, latent: torch.Tensor, sigmas: list[float], method: 
         if on_step is not None:
             on_step(i)
     return current
+
+
+def flowedit_step(v: Velocity, rows: torch.Tensor, source: torch.Tensor, noisy_source: torch.Tensor, sigma: float,
+                  sigma_next: float) -> torch.Tensor:
+    """One FlowEdit step (Algorithm 1, one noise draw): the rows are the source image (row 0, read under the source
+    prompt) and the edits (the other rows, under their prompts), all image latents, never noisy ones.
+
+    Every row is read at ``sigma`` shifted by the offset that puts the source on the forward process,
+    ``noisy_source`` (a flow's (1 - sigma) source + sigma noise); each row then moves by its velocity minus the
+    source row's. The source row never moves; an edit moves only where its prompt's velocity differs from the
+    source's, so what the prompts share stays the photo's, with no inversion to drift.
+    """
+    velocities = v(rows + (noisy_source - source), sigma)
+    return rows + (sigma_next - sigma) * (velocities - velocities[:1])

@@ -44,8 +44,8 @@ def sampler_name(sampler) -> str:
     return name.removeprefix("sample_").removesuffix("_function")
 
 
-PACK_SAMPLERS = frozenset({"rf_solver"})
-"""The pack's own samplers (deterministic: they add no step noise)."""
+PACK_SAMPLERS = frozenset({"rf_solver", "flowedit"})
+"""The pack's own samplers (RF-Solver adds no step noise; FlowEdit gives every row the same draw)."""
 
 
 @functools.cache

@@ -1,20 +1,21 @@
 """Flow inversions (p2p_core.flow): sampling back with the matching step retraces the inversion, RF-Solver to
-second order, on a flow whose paths curve (Gaussian data, whose x0 prediction is exact)."""
+second order, on a flow whose paths curve (Gaussian data, whose x0 prediction is exact); and FlowEdit carries a
+picture from one such flow to another."""
 
 import pytest
 import torch
 
-from p2p_core.flow import flow_invert, rf_solver_step, velocity
+from p2p_core.flow import flow_invert, flowedit_step, rf_solver_step, velocity
 
 MEAN, SPREAD = 0.4, 0.3
 LOWEST = 1e-3
 
 
-def gaussian_denoiser(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """E[x0 | x_sigma] for x0 ~ N(MEAN, SPREAD^2) and x_sigma = (1 - sigma) x0 + sigma eps: a flow whose paths
+def gaussian_denoiser(x: torch.Tensor, sigma: float, mean: float = MEAN) -> torch.Tensor:
+    """E[x0 | x_sigma] for x0 ~ N(mean, SPREAD^2) and x_sigma = (1 - sigma) x0 + sigma eps: a flow whose paths
     bend (the velocity changes along them), as a trained model's do."""
     variance = (1 - sigma) ** 2 * SPREAD ** 2 + sigma ** 2
-    return MEAN + (1 - sigma) * SPREAD ** 2 / variance * (x - (1 - sigma) * MEAN)
+    return mean + (1 - sigma) * SPREAD ** 2 / variance * (x - (1 - sigma) * mean)
 
 
 def schedule(steps: int) -> list[float]:
@@ -65,3 +66,40 @@ def test_velocity_reads_the_model_at_the_lowest_sigma_where_sigma_is_zero():
 def test_an_unknown_method_is_refused():
     with pytest.raises(ValueError, match="euler"):
         flow_invert(velocity(gaussian_denoiser, LOWEST), torch.zeros(2), schedule(2), "heun")
+
+
+def flowedit(means: list[float], steps: int, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """FlowEdit of a picture drawn from the first Gaussian: one row per "prompt" (a Gaussian of that mean), the
+    source first, as an edit node's batch holds them; (rows at the end, the picture)."""
+    image = MEAN + SPREAD * torch.randn(1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    denoise = lambda x, sigma: torch.stack([gaussian_denoiser(row, sigma, mean) for row, mean in zip(x, means)])
+    v, rows, noise = velocity(denoise, LOWEST), image.expand(len(means), 8, 8).clone(), torch.Generator()
+    noise.manual_seed(seed)
+    sigmas = schedule(steps)
+    for sigma, sigma_next in zip(sigmas, sigmas[1:]):
+        noisy = (1 - sigma) * image + sigma * torch.randn(1, 8, 8, generator=noise, dtype=torch.float64)
+        rows = flowedit_step(v, rows, image, noisy, sigma, sigma_next)
+    return rows, image
+
+
+@pytest.mark.parametrize("steps, seed", [(6, 1), (28, 2)])
+def test_flowedit_carries_a_picture_between_gaussians_by_the_difference_of_their_means(steps, seed):
+    """Between two Gaussians of one spread the optimal transport is the shift by the means' difference, and FlowEdit
+    makes it exactly, for any steps and noise: the shared noisy offset cancels in the velocity difference."""
+    rows, image = flowedit([MEAN, MEAN + 0.5, MEAN - 0.2], steps, seed)
+    assert torch.allclose(rows - image, torch.tensor([0.0, 0.5, -0.2], dtype=torch.float64).view(3, 1, 1),
+                          atol=1e-9)
+
+
+def test_flowedit_leaves_the_source_row_and_an_unchanged_prompt_as_the_picture():
+    rows, image = flowedit([MEAN, MEAN], 10)
+    assert torch.equal(rows, image.expand_as(rows))
+
+
+def test_flowedit_reads_every_row_shifted_as_the_source_is_on_the_forward_process():
+    """The model sees the source as sampling would at that sigma, and every edit row shifted by the same offset:
+    what makes the shared noise cancel for a real (nonlinear) model too."""
+    source, noisy, edit = torch.full((1, 4), 2.0), torch.full((1, 4), -1.0), torch.full((1, 4), 5.0)
+    seen = []
+    flowedit_step(lambda x, sigma: seen.append(x.clone()) or x, torch.cat([source, edit]), source, noisy, 0.25, 0.0)
+    assert torch.equal(seen[0], torch.cat([noisy, edit + noisy - source]))

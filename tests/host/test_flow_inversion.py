@@ -1,6 +1,7 @@
-"""FlowInvert and the RF-Solver sampler on real ComfyUI sampling with tiny random-weight Flux.1 and SD3.5 models:
-sampling back with the retracing sampler reconstructs the latent (RF-Solver far better than Euler), an edit's
-source row reconstructs as sampling alone does, and what would not reconstruct is refused naming the fix."""
+"""FlowInvert, the RF-Solver sampler and the FlowEdit sampler on real ComfyUI sampling with tiny random-weight
+Flux.1 and SD3.5 models: sampling back with the retracing sampler reconstructs the latent (RF-Solver far better
+than Euler), an edit's source row reconstructs as sampling alone does, FlowEdit keeps the photo in its source
+row, and what would not reconstruct or edit is refused naming the fix."""
 
 from __future__ import annotations
 
@@ -132,3 +133,42 @@ def test_rf_solver_reconstructs_in_half_precision(p2p, dtype):
     clip = executor.tiny_bundle("flux")[1]
     error = reconstruction_error(p2p, model, clip, "rf-solver")
     assert error < 2e-3 * float(photo(model)["samples"].pow(2).mean())  # measured 1.7e-4 (fp16), 1.8e-4 (bf16)
+
+
+def flowedit(p2p, model, positive, latent, seed=0, denoise=1.0, cfg=1.0):
+    """SamplerCustom as a FlowEdit graph wires it: the edit node's model, positive and latent, the FlowEdit sampler."""
+    sigmas = custom.BasicScheduler().get_sigmas(model, "simple", STEPS, denoise)[0]
+    sampler = p2p["FlowEditSampler"]().sampler()[0]
+    return custom.SamplerCustom().sample(model, True, seed, cfg, positive, positive, sampler, sigmas,
+                                         latent)[0]["samples"]
+
+
+def test_flowedit_keeps_the_photo_in_the_source_row_and_edits_the_other(p2p, joint, caplog):
+    model, clip = joint
+    patched, positive, latent = p2p["ReplaceEdit"]().apply(model, clip, PROMPT, "a photo of a dog", 0.0, 0.0, 64, 64,
+                                                            latent=photo(model))
+    out = flowedit(p2p, patched, positive, latent)
+    assert torch.allclose(out[0], photo(model)["samples"][0], atol=1e-5)
+    assert float((out[1] - out[0]).abs().mean()) > 1e-3
+    assert torch.equal(out, flowedit(p2p, patched, positive, latent))  # seeded by the sampler's seed
+    assert not torch.allclose(out[1], flowedit(p2p, patched, positive, latent, seed=1)[1])
+    assert "not one of ComfyUI's" not in caplog.text  # its rows share their noise by construction
+
+
+def test_flowedit_with_a_lower_first_sigma_changes_less(p2p, flux_pair):
+    """The schedule's denoise is FlowEdit's n_max: the edit starts at that sigma, so a lower one leaves more."""
+    model, clip = tiny.make_gentle_model("flux", 0.2), flux_pair[1]
+    patched, positive, latent = p2p["ReplaceEdit"]().apply(model, clip, PROMPT, "a photo of a dog", 0.0, 0.0, 64, 64,
+                                                            latent=photo(model))
+    change = [float((out[1] - out[0]).abs().mean())
+              for out in (flowedit(p2p, patched, positive, latent, denoise=d) for d in (1.0, 0.5))]
+    assert change[1] < change[0], change
+
+
+def test_flowedit_without_a_photo_or_an_edit_is_refused_naming_the_wiring(p2p, flux_pair, error):
+    model, clip = flux_pair
+    with pytest.raises(error, match="VAE Encode"):
+        flowedit(p2p, model, encode(clip, PROMPT), photo(model))
+    patched, positive, latent = p2p["ReplaceEdit"]().apply(model, clip, PROMPT, "a photo of a dog", 0.0, 0.0, 64, 64)
+    with pytest.raises(error, match="empty latent"):
+        flowedit(p2p, patched, positive, latent)

@@ -16,7 +16,8 @@ import tiny
 tiny.import_comfy()
 
 PACK = pack.load()
-#: Every node of the pack that takes inputs (the demo model's loader and the RF-Solver sampler take none).
+#: Every node of the pack that takes inputs (the demo model's loader and the RF-Solver and FlowEdit samplers take
+#: none).
 NODES = {key: node for key, node in PACK.NODE_CLASS_MAPPINGS.items() if node.INPUT_TYPES() != {"required": {}}}
 TITLES = PACK.NODE_DISPLAY_NAME_MAPPINGS
 typed_inputs = pack.module("nodes.inputs").typed_inputs
@@ -43,7 +44,8 @@ def call_with(node_class: type, **values):
 def test_every_node_of_the_pack_has_numbers_to_check():
     assert sorted(NODES) == sorted(["ReplaceEdit", "RefineEdit", "Reweight", "LocalBlendMask", "AttentionStore",
                                     "ShowAttention", "NullTextInvert", "FlowInvert", "PromptToPromptDemoScene"])
-    assert set(PACK.NODE_CLASS_MAPPINGS) - set(NODES) == {"PromptToPromptDemoModel", "RFSolverSampler"}
+    assert set(PACK.NODE_CLASS_MAPPINGS) - set(NODES) == {"PromptToPromptDemoModel", "RFSolverSampler",
+                                                                 "FlowEditSampler"}
     assert all(float_inputs(node_class) or int_inputs(node_class) for node_class in NODES.values())
 
 
