@@ -172,3 +172,18 @@ def test_flowedit_without_a_photo_or_an_edit_is_refused_naming_the_wiring(p2p, f
     patched, positive, latent = p2p["ReplaceEdit"]().apply(model, clip, PROMPT, "a photo of a dog", 0.0, 0.0, 64, 64)
     with pytest.raises(error, match="empty latent"):
         flowedit(p2p, patched, positive, latent)
+
+
+def test_flowedit_with_local_blend_keeps_the_photo_outside_the_mask_exactly(p2p, flux_pair):
+    """Local blend composes with FlowEdit: outside the mask the edited row is predicted as the source, so its
+    velocity difference is zero there, and the end of the run blends the rows as after any sampler."""
+    model, clip = flux_pair
+    picture = {"samples": torch.randn(1, 16, 16, 16, generator=torch.Generator().manual_seed(2)) * 0.5}
+    edited, positive, latent = p2p["ReplaceEdit"]().apply(model, clip, PROMPT, "a photo of a dog", 0.0, 0.0, 128,
+                                                           128, latent=picture)
+    blended, record = p2p["LocalBlendMask"]().apply(edited, clip, "cat", "dog", 0.8, 0.0, "1/2")
+    out = flowedit(p2p, blended, positive, latent)
+    mask = record.recorder.last_masks[0]
+    assert bool(mask.any()) and not bool(mask.all()), "the test needs a partial mask"
+    assert float((out[1] - picture["samples"][0])[:, ~mask].abs().max()) < 1e-5
+    assert float((out[1] - out[0])[:, mask].abs().max()) > 1e-3
