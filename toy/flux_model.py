@@ -134,6 +134,18 @@ def save(path: Path, config: FluxToyConfig, dit: torch.nn.Module, clip_l: torch.
     model.write_parts(path, parts, {METADATA_KEY: config.to_json()})
 
 
+def is_joint_model(path: Path) -> bool:
+    """Whether the file is this model's (its metadata names the config), not the UNet demo model's; ValueError,
+    naming the file, for one that is no .safetensors."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return METADATA_KEY in (handle.metadata() or {})
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"{path} is not a .safetensors file ({error}).") from None
+
+
 def read(path: Path) -> tuple[FluxToyConfig, dict[str, dict[str, torch.Tensor]]]:
     """The config and fp32 state dicts per network, token embeddings restored; ValueError naming a wrong file."""
     metadata, parts = model.read_parts(path, METADATA_KEY, "a joint-attention demo-model file")

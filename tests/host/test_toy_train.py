@@ -300,6 +300,7 @@ def test_the_joint_attention_model_trains_resumes_and_loads_as_comfyuis_flux(tmp
         assert "dit.double_blocks.0.img_attn.norm.query_norm.scale" in set(handle.keys())
     patcher, loaded_clip, vae, read = flux_model.load(path)
     assert read.to_json() == config.to_json() and type(patcher.model).__name__ == "Flux"
+    assert flux_model.is_joint_model(path) and not flux_model.is_joint_model(pack.module("nodes.toy_nodes").MODEL_FILE)
     assert pack.module("runtime.families").family(patcher).name == "Flux"
     encoded, pooled = loaded_clip.encode_from_tokens(loaded_clip.tokenize(captions[0]), return_pooled=True)
     assert encoded.shape == (1, config.text_length, config.t5_width)
@@ -328,3 +329,13 @@ def test_initialise_starts_every_norm_of_comfyuis_classes_at_one_so_attention_ca
                   if "norm" in name and param.dim() == 1 and not name.endswith("bias")}
     assert any("query_norm" in name for name in norms) and any("layer_norm" in name for name in norms)
     assert {name for name, param in norms.items() if not torch.equal(param, torch.ones_like(param))} == set()
+
+
+@pytest.mark.parametrize("content", [b"not a safetensors file", None], ids=["junk", "missing"])
+def test_evaluating_a_file_that_is_no_model_stops_naming_it(content, tmp_path, capsys):
+    path = tmp_path / "other.safetensors"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(SystemExit) as stop:
+        pack.module("toy.evaluate").main([str(path)])
+    assert stop.value.code == 2 and str(path) in capsys.readouterr().err
