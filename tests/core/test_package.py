@@ -38,7 +38,7 @@ def relative_imports(path: Path) -> set[Path]:
 def test_tests_ci_bench_training_and_demo_grids_stay_out():
     files = shipped()
     assert not [f for f in files if f.startswith(("tests/", ".ci/", "bench/", "docs/demo/", "docs/images/"))]
-    assert not {"toy/train.py", "toy/flux_train.py"} & files
+    assert not {"toy/train.py", "toy/flux_train.py", "toy/evaluate.py"} & files
     assert {"__init__.py", "nodes/__init__.py", "p2p_core/joint.py", "web/token_preview.js",
             "toy/prompt_to_prompt_toy.safetensors", "example_workflows/replace_word_swap.json"} <= files
 
