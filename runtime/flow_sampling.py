@@ -65,11 +65,14 @@ def sample_flowedit(model, x, sigmas, extra_args=None, callback=None, disable=No
     k-diffusion analogue (x + sigma noise) on the others."""
     extra_args = {} if extra_args is None else extra_args
     source = model.latent_image
-    if x.shape[0] < 2 or source is None or not torch.count_nonzero(source):
+    photo = source is not None and bool(torch.count_nonzero(source))
+    if x.shape[0] < 2 or not photo:
+        got = (f"{x.shape[0]} row(s), not an edit's source and edited rows" if x.shape[0] < 2
+               else "an empty latent, not a photo's")
         raise PromptToPromptError(
             "The FlowEdit sampler edits a picture: give it a Prompt-to-Prompt edit node's positive (the source "
             "prompt, then the edited one) and its LATENT made from the photo (VAE Encode into the edit node's "
-            f"latent input). It got {x.shape[0]} row(s) and an empty latent or none.")
+            f"latent input). It got {got}.")
     source = source[:1].to(x)
     rows = source.expand_as(x).clone()
     ones = x.new_ones([x.shape[0]])
