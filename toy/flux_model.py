@@ -46,6 +46,9 @@ class FluxToyConfig:
     t5_heads: int = 4
     text_length: int = 32
     shift: float = 1.0
+    #: Pictures `scale` times the toy world's 128 pixels (`scenes.draw`), encoded by the UNet demo model's VAE
+    #: adapted to that size (`train.adapt_vae`): at 256 pixels a 2x2 patch is 8 of the world's pixels, not 16.
+    scale: int = 1
     clip: dict[str, Any] | None = None  # the UNet demo model's ToyConfig (its CLIP-L and VAE widths)
 
     def to_json(self) -> str:

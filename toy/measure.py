@@ -13,9 +13,10 @@ from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 from scipy import ndimage
 
-from .scenes import BACKGROUNDS, COLOURS, SHAPES, SIZES, Scene, outline_mask, parse_caption
+from .scenes import BACKGROUNDS, COLOURS, SHAPES, SIZE, SIZES, Scene, outline_mask, parse_caption
 
 #: Largest RGB distance at which a pixel still counts as a palette colour.
 TOLERANCE = 80.0
@@ -70,9 +71,18 @@ def _shape(mask: np.ndarray) -> tuple[str, str]:
     return max(scores, key=scores.get), size
 
 
+def at_scene_size(image: np.ndarray) -> np.ndarray:
+    """A picture drawn larger than the toy world's size (`scenes.draw`'s ``scale``), averaged down to it, so one
+    measure with one set of pixel thresholds reads every model."""
+    if image.shape[0] == SIZE:
+        return image
+    return np.asarray(Image.fromarray(image).resize((SIZE, SIZE), Image.BOX))
+
+
 def objects(image: np.ndarray) -> list[Found]:
-    """Every object colour's regions of at least MIN_AREA pixels, left to right."""
-    labels = colour_labels(image)
+    """Every object colour's regions of at least MIN_AREA pixels, left to right; in a picture drawn larger than the
+    world (`scenes.draw`'s ``scale``), averaged down to the world's size first (masks at that size)."""
+    labels = colour_labels(at_scene_size(image))
     found = []
     for index, colour in enumerate(COLOURS):
         regions, count = ndimage.label(labels == index)

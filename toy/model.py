@@ -42,6 +42,11 @@ class ToyConfig:
     def to_json(self) -> str:
         return json.dumps(asdict(self))
 
+    @property
+    def scale(self) -> int:
+        """How many times larger than `scenes.SIZE` the model draws: this model, at the toy world's own size."""
+        return 1
+
     @classmethod
     def from_json(cls, text: str) -> ToyConfig:
         values = json.loads(text)

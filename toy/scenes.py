@@ -156,14 +156,19 @@ def outline_mask(shape: str, box: tuple[float, float, float, float], size: tuple
     return np.asarray(mask) > 127
 
 
-def draw(scene: Scene) -> tuple[np.ndarray, list[np.ndarray]]:
-    """The scene as an RGB uint8 array [128, 128, 3], and each object's boolean mask (in caption order)."""
-    image = Image.new("RGB", (SIZE, SIZE), BACKGROUNDS[scene.background])
+def draw(scene: Scene, scale: int = 1) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The scene as an RGB uint8 array [128, 128, 3], and each object's boolean mask (in caption order).
+
+    ``scale`` draws the same scene that many times larger (the joint-attention demo model's pictures are 256
+    pixels: its image tokens, 16 of these pixels square, would otherwise be wider than half a small object)."""
+    size = SIZE * scale
+    image = Image.new("RGB", (size, size), BACKGROUNDS[scene.background])
     canvas = ImageDraw.Draw(image)
     masks = []
     for thing in sorted(scene.things, key=lambda t: t.x):
-        _fill(canvas, thing.shape, thing.box, COLOURS[thing.colour])
-        masks.append(outline_mask(thing.shape, thing.box, (SIZE, SIZE)))
+        box = tuple(edge * scale for edge in thing.box)
+        _fill(canvas, thing.shape, box, COLOURS[thing.colour])
+        masks.append(outline_mask(thing.shape, box, (size, size)))
     return np.asarray(image), masks
 
 

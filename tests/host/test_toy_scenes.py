@@ -64,3 +64,19 @@ def test_measurement_sees_a_wrong_picture(toy):
     assert not measure.check(image, scene.with_thing(0, shape="square").caption).shapes
     assert not measure.check(image, scene.with_thing(1, colour="green").caption).colours
     assert not measure.check(image, scenes.Scene(scene.things[:1]).caption).count
+
+
+def test_a_scene_drawn_larger_is_the_same_scene_and_measures_as_it(toy):
+    """The joint-attention demo model draws the world at twice its size: the larger drawing, its masks and what
+    the measure reads from it are the scene's (the measure averages it down to the world's size)."""
+    scenes, measure = toy
+    rng = np.random.default_rng(2)
+    for _ in range(100):
+        scene = scenes.random_scene(rng)
+        (small, small_masks), (large, large_masks) = scenes.draw(scene), scenes.draw(scene, 2)
+        assert large.shape == (2 * scenes.SIZE, 2 * scenes.SIZE, 3)
+        assert measure.check(large, scene.caption) == measure.Check(True, True, True, True)
+        assert np.abs(measure.at_scene_size(large).astype(int) - small).mean() < 3
+        for mask, larger in zip(small_masks, large_masks):
+            halved = larger.reshape(scenes.SIZE, 2, scenes.SIZE, 2).mean((1, 3)) > 0.5
+            assert (halved & mask).sum() / (halved | mask).sum() > 0.85  # rasterised apart: edges differ

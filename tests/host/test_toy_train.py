@@ -285,6 +285,7 @@ def test_the_joint_attention_model_trains_resumes_and_loads_as_comfyuis_flux(tmp
     checkpoint = tmp_path / "flux.pt"
     flux_train.train_flux(config, data, clip, 2, 2, 0, checkpoint, lambda *_: None, False, adaln_zero=True)
     assert torch.load(checkpoint, weights_only=False)["step"] == 2
+    assert "head" in torch.load(tmp_path / "flux_binding.pt")  # the binding loss's head resumes with the run
     dit, t5 = flux_train.train_flux(config, data, clip, 2, 2, 0, checkpoint, lambda *_: None, False)  # resumed: done
     second = tmp_path / "second.pt"  # a second cycle starts from the first's networks (at rate 0 it keeps them)
     flux_train.train_flux(config, data, clip, 1, 2, 0, second, lambda *_: None, False, 0.0, start_from=checkpoint)
@@ -339,3 +340,19 @@ def test_evaluating_a_file_that_is_no_model_stops_naming_it(content, tmp_path, c
     with pytest.raises(SystemExit) as stop:
         pack.module("toy.evaluate").main([str(path)])
     assert stop.value.code == 2 and str(path) in capsys.readouterr().err
+
+
+def test_binding_targets_give_each_word_of_an_object_all_its_attributes_and_no_other_word_any():
+    """The binding loss asks the T5 to read an object's size, colour and shape from each of its three words, so
+    an image token that attends to any of them learns what the whole object is (toy/MODEL.md)."""
+    flux_model, flux_train = pack.module("toy.flux_model"), pack.module("toy.flux_train")
+    clip = flux_model.build_clip(narrow_flux_config())
+    caption = "a small green triangle, a big red circle and a small blue square on a black background"
+    ids = flux_train.t5_ids(clip, caption)
+    targets = flux_train.binding_targets(clip, torch.tensor([ids]))[0]
+    expected = torch.full_like(targets, -100)
+    for words in (("small", "green", "triangle"), ("big", "red", "circle"), ("small", "blue", "square")):
+        start = ids.index(flux_train.t5_ids(clip, words[1])[0]) - 1
+        attributes = [values.index(word) for word, (_, values) in zip(words, flux_train.ATTRIBUTES)]
+        expected[start:start + 3] = torch.tensor(attributes)
+    assert torch.equal(targets, expected)
