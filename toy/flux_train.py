@@ -152,14 +152,12 @@ def _train_flux(config: flux_model.FluxToyConfig, data: dict[str, torch.Tensor],
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimiser.step()
         binding.optimiser.step()
-        loss = flow_loss
         schedule.step()
         train.average_into(trained, step)
-        running = 0.99 * running + 0.01 * loss.item() if step > first else loss.item()
+        running = 0.99 * running + 0.01 * flow_loss.item() if step > first else flow_loss.item()
+        binding.record(binding_loss.item())
         if step % 100 == 0 or step == steps:
             train.progress(checkpoint.stem, step - first + 1, steps - first + 1, start, running)
-        binding.running = binding_loss.item() if binding.running is None else (
-            0.99 * binding.running + 0.01 * binding_loss.item())
         if step % 500 == 0 or step == steps:
             print(f"[binding] {step} loss {binding.running:.4f}", flush=True)
             binding.save()
@@ -191,6 +189,10 @@ class Binding:
         logits = self.head(context.float()).split([len(values) for _, values in ATTRIBUTES], dim=-1)
         return sum(torch.nn.functional.cross_entropy(part.flatten(0, 1), targets[..., slot].flatten(),
                                                      ignore_index=-100) for slot, part in enumerate(logits))
+
+    def record(self, loss: float) -> None:
+        """A running mean of the loss, as the flow loss's, for the progress lines."""
+        self.running = loss if self.running is None else 0.99 * self.running + 0.01 * loss
 
     def save(self) -> None:
         train.save_checkpoint(self.path, {"head": self.head.state_dict(), "optimiser": self.optimiser.state_dict()})
