@@ -212,6 +212,17 @@ def adapted_vae(autoencoder: torch.nn.Module, path: Path, steps: int, seed: int,
     return autoencoder
 
 
+def weight(text: str) -> float:
+    """An argparse type: a loss weight, a finite number of at least 0 (0 turns that loss off)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a weight of at least 0, like 0.1 (0 turns the loss off)")
+    return value
+
+
 def block_counts(text: str) -> tuple[int, int]:
     """An argparse type: 'DOUBLE,SINGLE' block counts, at least one double block (where the word maps are read)."""
     parts = text.split(",")
@@ -253,7 +264,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--second-cycle", type=Path, metavar="CHECKPOINT",
                         help="start from a finished run's checkpoint (its --work's flux.pt): a second one-cycle "
                              "schedule of --steps at half the peak learning rate")
-    parser.add_argument("--binding-weight", type=float, default=BINDING_WEIGHT,
+    parser.add_argument("--binding-weight", type=weight, default=BINDING_WEIGHT,
                         help=f"weight of the loss that teaches the T5 to bind each object's words (default "
                              f"{BINDING_WEIGHT}; 0: the flow loss alone; toy/MODEL.md)")
     parser.add_argument("--evaluate", type=train.at_least(1), default=100, help="captions sampled to measure accuracy")

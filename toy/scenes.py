@@ -157,7 +157,8 @@ def outline_mask(shape: str, box: tuple[float, float, float, float], size: tuple
 
 
 def draw(scene: Scene, scale: int = 1) -> tuple[np.ndarray, list[np.ndarray]]:
-    """The scene as an RGB uint8 array [128, 128, 3], and each object's boolean mask (in caption order).
+    """The scene as an RGB uint8 array [128 * scale, 128 * scale, 3], and each object's boolean mask (in caption
+    order).
 
     ``scale`` draws the same scene that many times larger (the joint-attention demo model's pictures are 256
     pixels: its image tokens, 16 of these pixels square, would otherwise be wider than half a small object)."""

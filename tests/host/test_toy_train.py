@@ -39,6 +39,16 @@ def test_bad_block_counts_stop_the_joint_attention_training_before_it_starts(val
     assert not list(tmp_path.iterdir()), "nothing may be trained or written"
 
 
+@pytest.mark.parametrize("flag, value", [("--binding-weight", v) for v in ("-0.1", "x", "inf", "nan")] + [
+    ("--scale", v) for v in ("0", "2.5")])
+def test_a_bad_binding_weight_or_scale_stops_the_joint_attention_training_naming_its_flag(flag, value, tmp_path,
+                                                                                          capsys):
+    with pytest.raises(SystemExit) as stop:
+        pack.module("toy.flux_train").main(["--work", str(tmp_path), flag, value])
+    assert stop.value.code == 2 and flag in capsys.readouterr().err
+    assert not list(tmp_path.iterdir()), "nothing may be trained or written"
+
+
 def test_block_counts_read_as_double_and_single():
     assert pack.module("toy.flux_train").block_counts("2,5") == (2, 5)
 
