@@ -124,11 +124,11 @@ def test_each_demo_template_is_its_example_as_the_demo_runs_it(example, monkeypa
     assert not {n["class_type"] for n in shipped.values()} & {"CheckpointLoaderSimple", "LoadImage"}
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_demo_scene_draws_its_caption_left_to_right(seed):
+@pytest.mark.parametrize("seed, size", [(0, 128), (1, 128), (2, 128), (0, 256)])
+def test_demo_scene_draws_its_caption_left_to_right_at_the_size_asked(seed, size):
     caption = "on a white background, a big red circle, a small blue square and a big green triangle"
-    image = pack.module("nodes.toy_nodes").DemoScene().draw(caption, seed)[0]
-    assert image.shape == (1, 128, 128, 3) and image.dtype == torch.float32
+    image = pack.module("nodes.toy_nodes").DemoScene().draw(caption, seed, size)[0]
+    assert image.shape == (1, size, size, 3) and image.dtype == torch.float32
     measure = pack.module("toy.measure")
     pixels = (image[0] * 255).round().byte().numpy()
     assert measure.check(pixels, caption).ok
@@ -141,6 +141,11 @@ def test_demo_scene_draws_its_caption_left_to_right(seed):
 def test_demo_scene_refuses_what_the_toy_world_cannot_draw(caption, says):
     with pytest.raises(pack.error_type(), match=says):
         pack.module("nodes.toy_nodes").DemoScene().draw(caption, 0)
+
+
+def test_demo_scene_refuses_a_size_the_toy_world_is_not_drawn_at():
+    with pytest.raises(pack.error_type(), match="multiple of them.*got size 200"):
+        pack.module("nodes.toy_nodes").DemoScene().draw("a big red circle on a white background", 0, 200)
 
 
 def test_a_long_label_fits_its_tile():
