@@ -22,11 +22,19 @@ from ..p2p_core.errors import PromptToPromptError
 from .workflow import to_api_prompt
 
 SIZED = {"ReplaceEdit", "RefineEdit", "Reweight", "AttentionStore", "EmptyLatentImage"}
-STEPPED = {"KSampler", "KSamplerAdvanced", "NullTextInvert", "BasicScheduler"}
-DOWNLOAD_HINT = (
-    "Download a Stable Diffusion 1.5 checkpoint (for example v1-5-pruned-emaonly-fp16.safetensors from the "
-    "Hugging Face repository Comfy-Org/stable-diffusion-v1-5-archive) into {folder}, then run again with "
-    "--ckpt <its file name or path>. Any SD1.x, SD2.x or SDXL checkpoint works.")
+STEPPED = {"KSampler", "KSamplerAdvanced", "NullTextInvert", "FlowInvert", "BasicScheduler"}
+DOWNLOAD_HINT = "Download {what} into {folder}, then run again with --ckpt <its file name or path>."
+#: What to download, by the family the workflow's own checkpoint name shows (each example names one of its family).
+CHECKPOINTS = {
+    "flux": "a Flux.1 checkpoint that holds its text encoders and VAE (for example flux1-dev-fp8.safetensors from "
+            "the Hugging Face repository Comfy-Org/flux1-dev)",
+    "sd3": "an SD3 or SD3.5 checkpoint that holds its text encoders (for example "
+           "sd3.5_medium_incl_clips_t5xxlfp8scaled.safetensors from the Hugging Face repository "
+           "Comfy-Org/stable-diffusion-3.5-fp8)",
+}
+UNET_CHECKPOINT = ("a Stable Diffusion 1.5 checkpoint (for example v1-5-pruned-emaonly-fp16.safetensors from the "
+                   "Hugging Face repository Comfy-Org/stable-diffusion-v1-5-archive; any SD1.x, SD2.x or SDXL "
+                   "checkpoint works)")
 
 
 @dataclass
@@ -113,11 +121,12 @@ def _checkpoint(requested: str | None, named: str) -> str:
             # First among the folders ComfyUI searches, so a same-named file in models/checkpoints is not taken.
             folder_paths.add_model_folder_path("checkpoints", str(path.resolve().parent), is_default=True)
             return path.name
-        named = requested
-    if named in folder_paths.get_filename_list("checkpoints"):
-        return named
+    if (requested or named) in folder_paths.get_filename_list("checkpoints"):
+        return requested or named
+    what = next((text for family, text in CHECKPOINTS.items() if family in named.lower()), UNET_CHECKPOINT)
     folder = folder_paths.get_folder_paths("checkpoints")[0]
-    raise PromptToPromptError(f"The checkpoint '{named}' was not found. " + DOWNLOAD_HINT.format(folder=folder))
+    raise PromptToPromptError(f"The checkpoint '{requested or named}' was not found. "
+                              + DOWNLOAD_HINT.format(what=what, folder=folder))
 
 
 def _is_demo_model(path: Path) -> bool:

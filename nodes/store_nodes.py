@@ -22,7 +22,7 @@ from ..p2p_core.errors import PromptToPromptError
 from ..p2p_core.render import colorize, overlay
 from ..p2p_core.schedule import Window
 from ..p2p_core.store import MapAccumulator, Recorder, Run, self_attention_components, token_heatmaps
-from ..p2p_core.tokens import PromptTokens, TokenizeFn
+from ..p2p_core.tokens import WORD_START, PromptTokens, TokenizeFn
 from ..runtime.families import family
 from ..runtime.text import word_tokenizer
 from .edit_nodes import CATEGORY, MAX_RESOLUTION, finish, start_or_continue
@@ -210,7 +210,9 @@ class ShowAttention:
 
 def label(tile: torch.Tensor, text: str) -> torch.Tensor:
     """The tile [H, W, 3] with a strip below it carrying `text`, as the paper's figures do (the font shrinks to
-    fit a long label in a narrow tile)."""
+    fit a long label in a narrow tile). PIL's default font has no glyph for SentencePiece's word mark, which T5
+    tokenizes alone before 'a': it is drawn as '_'."""
+    text = text.replace(WORD_START, "_")
     height, width = tile.shape[:2]
     strip_height = max(14, height // 8)
     strip = Image.new("RGB", (width, strip_height), (0, 0, 0))

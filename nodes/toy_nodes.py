@@ -57,7 +57,7 @@ class DemoModelLoader:
         offered = [name for name, (path, _) in DEMO_MODELS.items() if path.is_file()]
         if offered == ["unet"]:
             return {"required": {}}
-        return {"required": {"model": (offered, {
+        return {"required": {}, "optional": {"model": (offered, {
             "default": offered[0],
             "tooltip": f"unet: the SD1.x-shaped model (UNet cross-attention), {SIZE}x{SIZE}. flux: the "
                        "Flux.1-shaped model (joint attention, T5 words; sample it with cfg 5, scheduler simple, "

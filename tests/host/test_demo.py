@@ -156,6 +156,13 @@ def test_a_long_label_fits_its_tile():
     assert strip[:, :2].max() < 0.5 and strip[:, -2:].max() < 0.5, "the label runs off the tile"
 
 
+def test_a_lone_sentencepiece_word_mark_is_labelled_with_a_glyph_the_font_has():
+    """T5 tokenizes 'a' as the word mark alone, then 'a': its heatmap's label was the font's empty box."""
+    label = pack.module("nodes.store_nodes").label
+    tile = torch.zeros(64, 64, 3)
+    assert torch.equal(label(tile, "\u2581"), label(tile, "_"))
+
+
 def test_a_grid_of_two_tiles_has_no_empty_columns_and_masks_are_framed():
     demo_module = pack.module("cli.demo")
     tile = torch.ones(demo_module.TILE, demo_module.TILE, 3)

@@ -321,7 +321,7 @@ def test_the_joint_attention_model_trains_resumes_and_loads_as_comfyuis_flux(tmp
     assert torch.isfinite(vae.decode(sampled)).all()
     toy_nodes = pack.module("nodes.toy_nodes")
     monkeypatch.setitem(toy_nodes.DEMO_MODELS, "flux", (path, flux_model.load))
-    assert toy_nodes.DemoModelLoader.INPUT_TYPES()["required"]["model"][0] == ["unet", "flux"]
+    assert toy_nodes.DemoModelLoader.INPUT_TYPES()["optional"]["model"][0] == ["unet", "flux"]
     demo, _, _ = toy_nodes.DemoModelLoader().load("flux")
     assert type(demo.model).__name__ == "Flux"
 

@@ -196,6 +196,33 @@ def test_command_line_zero_steps_or_size_is_not_ignored(option):
     assert 0 in (prompt["1"]["inputs"]["steps"], prompt["2"]["inputs"]["width"], prompt["2"]["inputs"]["height"])
 
 
+def test_command_line_steps_reach_every_node_that_inverts_or_samples_for_them():
+    """FlowInvert inverts for as many steps as its sampler samples; `--steps` left it at the workflow's 28, and the
+    sampler, set to the new count, refused the inverted latent."""
+    import nodes
+
+    pack.load()
+    headless = pack.module("cli.headless")
+    prompt = headless.load_prompt(pack.REPO_ROOT / "example_workflows" / "flux_real_image_edit.json",
+                                  nodes.NODE_CLASS_MAPPINGS)
+    prompt = {key: node for key, node in prompt.items() if node["class_type"] != "CheckpointLoaderSimple"}
+    headless.apply_overrides(prompt, headless.Overrides(steps=12), nodes.NODE_CLASS_MAPPINGS)
+    assert {node["inputs"]["steps"] for node in prompt.values() if "steps" in node["inputs"]} == {12}
+
+
+@pytest.mark.parametrize("example, family", [("flux_word_swap", "a Flux.1 checkpoint"),
+                                             ("sd35_word_swap", "an SD3 or SD3.5 checkpoint"),
+                                             ("replace_word_swap", "a Stable Diffusion 1.5 checkpoint")])
+def test_command_line_missing_checkpoint_says_what_to_download_for_the_workflows_family(example, family):
+    import nodes
+
+    pack.load()
+    headless = pack.module("cli.headless")
+    prompt = headless.load_prompt(pack.REPO_ROOT / "example_workflows" / f"{example}.json", nodes.NODE_CLASS_MAPPINGS)
+    with pytest.raises(pack.error_type(), match=f"'nowhere.safetensors' was not found. Download {family}"):
+        headless.apply_overrides(prompt, headless.Overrides(ckpt="nowhere.safetensors"), nodes.NODE_CLASS_MAPPINGS)
+
+
 def test_command_line_ckpt_path_is_the_file_given_not_a_same_named_one_comfyui_finds_first(tmp_path, monkeypatch):
     """`run --ckpt PATH`: ComfyUI looks a checkpoint up by name, in its folders in order; the given file's folder
     must come first, or a same-named file in models/checkpoints is loaded instead."""
