@@ -24,7 +24,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import models  # noqa: E402
 
 STEPS, CFG, SCHEDULER = 20, 5.0, "simple"
-SIZE = 128
 
 
 @dataclass(frozen=True)
@@ -75,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     comfy.utils.PROGRESS_BAR_ENABLED = False
     pack.load()
     p2p = nodes.NODE_CLASS_MAPPINGS
-    model, clip, vae, _ = flux_model.load(args.model)
+    model, clip, vae, config = flux_model.load(args.model)
+    size = scenes.SIZE * config.scale  # the pictures it was trained on: the toy world drawn `scale` times larger
     calls = [0]
     network = model.model.diffusion_model
     network.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             source, sampler = model, p2p["FlowEditSampler"]().sampler()[0]
         edit, positive, batch = p2p["ReplaceEdit"]().apply(source, clip, caption, target, method.cross, method.self_,
-                                                            SIZE, SIZE, latent=latent)
+                                                            size, size, latent=latent)
         sigmas = custom.BasicScheduler().get_sigmas(edit, SCHEDULER, STEPS, method.denoise)[0]
         out = custom.SamplerCustom().sample(edit, not method.inversion, 0, method.cfg, positive, encode(clip, ""),
                                             sampler, sigmas, batch)[0]["samples"]
@@ -101,20 +101,20 @@ def main(argv: list[str] | None = None) -> int:
     rows = {m.name: [] for m in METHODS}
     for _ in range(args.scenes):
         scene = scenes.random_scene(rng, count=2, backgrounds=scenes.MODEL_BACKGROUNDS)
-        pixels, _ = scenes.draw(scene)
+        pixels, _ = scenes.draw(scene, config.scale)
         old = scene.things[0].colour
         new = next(c for c in scenes.COLOURS if c not in {t.colour for t in scene.things})
         caption = scene.caption
         target = caption.replace(old, new)
         with torch.no_grad():
             latent = nodes.VAEEncode().encode(vae, torch.from_numpy(pixels / 255.0).float()[None])[0]
-            decoded = pictures(vae, latent["samples"])[0]
+            decoded = measure.at_scene_size(pictures(vae, latent["samples"])[0])  # PSNR at the world's size
         drawn = {f.colour: f.mask for f in measure.objects(pixels)}
         away = ~np.asarray(torch.nn.functional.max_pool2d(torch.from_numpy(drawn[old][None].astype(np.float32)), 9, 1,
                                                           4)[0].bool())
         for method in METHODS:
             calls[0] = 0
-            source, edited = run(method, caption, target, latent)
+            source, edited = map(measure.at_scene_size, run(method, caption, target, latent))
             swapped = thing(measure, edited, new)
             made = swapped is not None and thing(measure, edited, old) is None
             others = [iou(mask, found.mask) if (found := thing(measure, edited, colour)) else 0.0
