@@ -11,7 +11,8 @@ import pytest
 import torch
 from examples import EDIT_NODES, EXAMPLES, api_prompt
 
-PACK_NODES = EDIT_NODES | {"AttentionStore", "LocalBlendMask", "ShowAttention", "NullTextInvert"}
+PACK_NODES = EDIT_NODES | {"AttentionStore", "LocalBlendMask", "ShowAttention", "NullTextInvert",
+                           "PromptToPromptDemoScene"}
 
 
 def saved_images(prompt, result):
