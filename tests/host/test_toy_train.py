@@ -352,17 +352,19 @@ def test_evaluating_a_file_that_is_no_model_stops_naming_it(content, tmp_path, c
     assert stop.value.code == 2 and str(path) in capsys.readouterr().err
 
 
-def test_binding_targets_give_each_word_of_an_object_all_its_attributes_and_no_other_word_any():
-    """The binding loss asks the T5 to read an object's size, colour and shape from each of its three words, so
-    an image token that attends to any of them learns what the whole object is (toy/MODEL.md)."""
+def test_binding_targets_give_each_word_of_an_object_all_its_attributes_and_place_and_no_other_word_any():
+    """The binding loss asks the T5 to read an object's size, colour and shape, and which of the caption's objects
+    it is, from each of its three words, so an image token that attends to any of them learns what the whole
+    object is and where it goes (toy/MODEL.md)."""
     flux_model, flux_train = pack.module("toy.flux_model"), pack.module("toy.flux_train")
     clip = flux_model.build_clip(narrow_flux_config())
     caption = "a small green triangle, a big red circle and a small blue square on a black background"
     ids = flux_train.t5_ids(clip, caption)
     targets = flux_train.binding_targets(clip, torch.tensor([ids]))[0]
     expected = torch.full_like(targets, -100)
-    for words in (("small", "green", "triangle"), ("big", "red", "circle"), ("small", "blue", "square")):
+    for place, words in enumerate((("small", "green", "triangle"), ("big", "red", "circle"),
+                                   ("small", "blue", "square"))):
         start = ids.index(flux_train.t5_ids(clip, words[1])[0]) - 1
         attributes = [values.index(word) for word, (_, values) in zip(words, flux_train.ATTRIBUTES)]
-        expected[start:start + 3] = torch.tensor(attributes)
+        expected[start:start + 3] = torch.tensor([*attributes, place])
     assert torch.equal(targets, expected)
