@@ -134,7 +134,8 @@ def _train_flux(config: flux_model.FluxToyConfig, data: dict[str, torch.Tensor],
     if first == 1 and start_from is not None:
         train.resume(start_from, torch.load(start_from, weights_only=False), networks)
     rows.read()
-    binding = Binding(config, checkpoint.with_name(checkpoint.stem + "_binding.pt"), first > 1)
+    start = Binding.beside(checkpoint) if first > 1 else start_from and Binding.beside(start_from)
+    binding = Binding(config, Binding.beside(checkpoint), start)
     empty_pooled = data["empty_pooled"].float()
     data = data | {"binding": binding_targets(clip, data["t5"])}
     stream = train.batches(data, batch, seed + first, ("t5", "pooled", "binding"))
@@ -182,16 +183,22 @@ def _train_flux(config: flux_model.FluxToyConfig, data: dict[str, torch.Tensor],
 
 class Binding:
     """The binding loss's linear head on the T5's output and its own AdamW (training only: neither ships),
-    kept beside the run's checkpoint so a resumed run goes on with them."""
+    kept beside the run's checkpoint so a resumed run goes on with them, and a second cycle with the first's: a
+    new head's random readout would first pull the bound T5 towards itself."""
 
-    def __init__(self, config: flux_model.FluxToyConfig, path: Path, resuming: bool) -> None:
+    def __init__(self, config: flux_model.FluxToyConfig, path: Path, start: Path | None) -> None:
         self.path, self.running = path, None
         self.head = torch.nn.Linear(config.t5_width, sum(CLASSES))
         self.optimiser = torch.optim.AdamW(self.head.parameters(), lr=1e-3, weight_decay=0)
-        if resuming and path.exists():
-            state = torch.load(path)
+        if start is not None and start.exists():
+            state = torch.load(start)
             self.head.load_state_dict(state["head"])
             self.optimiser.load_state_dict(state["optimiser"])
+
+    @staticmethod
+    def beside(checkpoint: Path) -> Path:
+        """Where a run whose checkpoint is ``checkpoint`` keeps its head."""
+        return checkpoint.with_name(checkpoint.stem + "_binding.pt")
 
     def loss(self, context: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of every attribute, and the place, read from every word of an object's phrase."""

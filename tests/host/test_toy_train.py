@@ -297,10 +297,15 @@ def test_the_joint_attention_model_trains_resumes_and_loads_as_comfyuis_flux(tmp
     assert torch.load(checkpoint, weights_only=False)["step"] == 2
     assert "head" in torch.load(tmp_path / "flux_binding.pt")  # the binding loss's head resumes with the run
     dit, t5 = flux_train.train_flux(config, data, clip, 2, 2, 0, checkpoint, lambda *_: None, False)  # resumed: done
+    head = torch.load(tmp_path / "flux_binding.pt")
+    head["head"]["weight"].fill_(0.5)  # a head no initialisation draws
+    torch.save(head, tmp_path / "flux_binding.pt")
     second = tmp_path / "second.pt"  # a second cycle starts from the first's networks (at rate 0 it keeps them)
     flux_train.train_flux(config, data, clip, 1, 2, 0, second, lambda *_: None, False, 0.0, start_from=checkpoint)
     first_state, second_state = (torch.load(p, weights_only=False)["dit"] for p in (checkpoint, second))
     assert all(torch.equal(first_state[k], second_state[k]) for k in first_state)
+    second_head = torch.load(tmp_path / "second_binding.pt")["head"]["weight"]
+    assert (second_head - 0.5).abs().max() < 2e-3  # and the first's binding head: one step of its AdamW on
     autoencoder = model.build_autoencoder(unet_config)
     train.initialise(autoencoder, 0)
     path = tmp_path / "flux.safetensors"
