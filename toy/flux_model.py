@@ -164,12 +164,17 @@ def load(path: Path, dtype: torch.dtype | None = None) -> tuple[Any, Any, Any, F
     import comfy.sd
 
     config, parts = read(path)
+    base, clip = networks(config, parts)
+    vae = comfy.sd.VAE(sd=parts["vae"], config={"params": config.unet_toy.vae_params()})
+    return model.patcher(base, dtype), clip, vae, config
+
+
+def networks(config: FluxToyConfig, parts: dict[str, dict[str, torch.Tensor]]) -> tuple[Any, Any]:
+    """ComfyUI's Flux ``model_base`` and Flux ``comfy.sd.CLIP`` holding a file's weights (`read`)."""
     base = build_dit(config)
     base.diffusion_model.load_state_dict(base.model_config.process_unet_state_dict(parts["dit"]))
-    patcher = model.patcher(base, dtype)
     clip = build_clip(config)
     clip_l, t5 = encoders(clip)
     clip_l.transformer.load_state_dict(parts["clip_l"])
     t5.transformer.load_state_dict(parts["t5xxl"])
-    vae = comfy.sd.VAE(sd=parts["vae"], config={"params": config.unet_toy.vae_params()})
-    return patcher, clip, vae, config
+    return base, clip

@@ -228,6 +228,22 @@ def adapted_vae(autoencoder: torch.nn.Module, path: Path, steps: int, seed: int,
     return autoencoder
 
 
+def file_start(path: Path, checkpoint: Path) -> tuple[flux_model.FluxToyConfig, dict[str, torch.Tensor]]:
+    """A demo-model file's (a run's EMA snapshot's) config and VAE, its networks written to ``checkpoint`` as the
+    start of a second cycle (each its own EMA).
+
+    Why: a run's checkpoint, with its AdamW state, stays on the machine that trained it; its snapshot is the
+    file that travels (toy/MODEL.md). A new one-cycle schedule from it is a warm restart: the binding head
+    starts afresh (the bound T5 holds the binding; a new head reads it again within a few hundred steps).
+    """
+    config, parts = flux_model.read(path)
+    base, clip = flux_model.networks(config, parts)
+    _, t5 = flux_model.encoders(clip)
+    dit, text = base.diffusion_model.state_dict(), t5.state_dict()
+    train.save_checkpoint(checkpoint, {"dit": dit, "t5": text, "ema_dit": dit, "ema_t5": text})
+    return config, parts["vae"]
+
+
 def weight(text: str) -> float:
     """An argparse type: a loss weight, a finite number of at least 0 (0 turns that loss off)."""
     try:
@@ -278,8 +294,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--adaln-zero", action="store_true",
                         help="start every block as the identity (zero modulation, DiT's adaLN-Zero; toy/MODEL.md)")
     parser.add_argument("--second-cycle", type=Path, metavar="CHECKPOINT",
-                        help="start from a finished run's checkpoint (its --work's flux.pt): a second one-cycle "
-                             "schedule of --steps at half the peak learning rate")
+                        help="start from a finished run's checkpoint (its --work's flux.pt), or from a demo-model "
+                             "file it wrote (its widths and VAE too): a second one-cycle schedule of --steps at "
+                             "half the peak learning rate")
     parser.add_argument("--binding-weight", type=weight, default=BINDING_WEIGHT,
                         help=f"weight of the loss that teaches the T5 to bind each object's words (default "
                              f"{BINDING_WEIGHT}; 0: the flow loss alone; toy/MODEL.md)")
@@ -294,12 +311,18 @@ def main(argv: list[str] | None = None) -> None:
     config = flux_model.FluxToyConfig(hidden=args.hidden, double_blocks=args.blocks[0], single_blocks=args.blocks[1],
                                       t5_layers=args.t5_layers, scale=args.scale,
                                       clip=dataclasses.asdict(unet_config) | {"notes": {}})
+    start_from = args.second_cycle
+    if start_from is not None and start_from.suffix == ".safetensors":
+        config, vae = file_start(start_from, args.work / "start.pt")
+        start_from = args.work / "start.pt"
+        if config.scale > 1 and not (args.work / "vae.pt").exists():  # the file's adapted VAE encodes the scenes
+            torch.save(vae, args.work / "vae.pt")
     autoencoder = model.build_autoencoder(unet_config)
     autoencoder.load_state_dict(unet_parts["vae"])
     autoencoder.eval()
     bf16 = not args.fp32 and train.native_bf16()
-    if args.scale > 1:  # in fp32: trained under bf16 autocast, the VAE decodes garbage outside it (toy/MODEL.md)
-        autoencoder = adapted_vae(autoencoder, args.work / "vae.pt", args.adapt_steps, args.seed + 6, args.scale)
+    if config.scale > 1:  # in fp32: trained under bf16 autocast, the VAE decodes garbage outside it (toy/MODEL.md)
+        autoencoder = adapted_vae(autoencoder, args.work / "vae.pt", args.adapt_steps, args.seed + 6, config.scale)
     clip = flux_model.build_clip(config)
     clip_l, _ = flux_model.encoders(clip)
     clip_l.transformer.load_state_dict(unet_parts["clip"])
@@ -308,7 +331,7 @@ def main(argv: list[str] | None = None) -> None:
     if not path.exists():
         data = train.encode_scenes(autoencoder, {"clip": lambda c: train.token_ids(clip, c),
                                                  "t5": lambda c: t5_ids(clip, c)}, args.scenes, args.seed + 3,
-                                   scale=args.scale, bf16=bf16 and args.scale > 1)
+                                   scale=config.scale, bf16=bf16 and config.scale > 1)
         data["pooled"] = pooled_vectors(clip_l, data["clip"])
         data["empty_pooled"] = pooled_vectors(clip_l, torch.tensor([train.token_ids(clip, "")]))
         torch.save(data, path)
@@ -322,7 +345,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"[flux] {'bf16 autocast' if bf16 else 'fp32'}", flush=True)
     rate = LEARNING_RATE / 2 if args.second_cycle else LEARNING_RATE
     snapshot(*train_flux(config, data, clip, args.steps, args.batch, args.seed + 4, args.work / "flux.pt",
-                         snapshot, bf16, rate, adaln_zero=args.adaln_zero, start_from=args.second_cycle,
+                         snapshot, bf16, rate, adaln_zero=args.adaln_zero, start_from=start_from,
                          binding_weight=args.binding_weight))
     size = args.output.stat().st_size / 2 ** 20
     print(f"wrote {args.output} ({size:.1f} MiB) after {(time.time() - began) / 60:.1f} min", flush=True)

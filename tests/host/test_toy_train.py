@@ -275,6 +275,46 @@ def narrow_flux_config():
                                                        t5_width=32, t5_layers=1, t5_heads=2, clip=unet_config)
 
 
+CAPTIONS = ("a big red circle on a white background", "a small blue square on a black background")
+
+
+def narrow_flux_data(clip) -> dict[str, torch.Tensor]:
+    """Two encoded scenes (random latents) with their captions' T5 tokens, as flux_train's scenes file holds them."""
+    tokens = torch.tensor([pack.module("toy.flux_train").t5_ids(clip, c) for c in CAPTIONS])
+    width = pack.module("toy.model").ToyConfig().text_width
+    return {"mean": torch.randn(2, 4, 16, 16), "std": torch.zeros(2, 4, 16, 16), "t5": tokens,
+            "pooled": torch.zeros(2, width).half(), "empty_pooled": torch.zeros(1, width)}
+
+
+def test_a_second_cycle_starts_from_exactly_the_networks_of_a_file_the_run_wrote(tmp_path):
+    """A run's file travels where its checkpoint does not (to a new machine): a second cycle from it starts from
+    its networks, each its own EMA (to the file's fp16), with its widths and VAE."""
+    model, flux_model, flux_train = (pack.module(f"toy.{name}") for name in ("model", "flux_model", "flux_train"))
+    config = narrow_flux_config()
+    clip = flux_model.build_clip(config)
+    clip_l, t5 = flux_model.encoders(clip)
+    dit = flux_model.build_dit(config).diffusion_model
+    autoencoder = model.build_autoencoder(model.ToyConfig())
+    for seed, network in enumerate((clip_l.transformer, t5.transformer, dit, autoencoder)):
+        train.initialise(network, seed)
+    data = narrow_flux_data(clip)
+    rows = sorted(set(data["t5"].flatten().tolist()))
+    path = tmp_path / "flux.safetensors"
+    flux_model.save(path, config, dit, clip_l, t5, autoencoder.state_dict(), [49406, 49407], rows)
+    read, vae = flux_train.file_start(path, tmp_path / "start.pt")
+    assert read.to_json() == config.to_json()
+    assert all(torch.equal(vae[k], v.half().float()) for k, v in autoencoder.state_dict().items())
+    second = tmp_path / "second.pt"  # at rate 0 the cycle keeps what it started from
+    flux_train.train_flux(read, data, flux_model.build_clip(read), 1, 2, 0, second, lambda *_: None, False, 0.0,
+                          start_from=tmp_path / "start.pt")
+    state = torch.load(second, weights_only=False)
+    for key in ("dit", "ema_dit"):
+        assert all(torch.equal(state[key][k], v.half().float()) for k, v in dit.state_dict().items()), key
+    table = t5.transformer.get_input_embeddings().weight[rows].half().float()
+    for key in ("t5", "ema_t5"):
+        assert torch.equal(state[key]["transformer.shared.weight"][rows], table), key
+
+
 def test_the_joint_attention_model_trains_resumes_and_loads_as_comfyuis_flux(tmp_path, monkeypatch):
     """A few steps of toy/flux_train.py on a narrow config: the checkpoint resumes, and the written file loads as
     ComfyUI's own Flux (the pack edits it as Flux) and samples with the stock KSampler; the Demo Model node offers
@@ -287,11 +327,8 @@ def test_the_joint_attention_model_trains_resumes_and_loads_as_comfyuis_flux(tmp
     clip = flux_model.build_clip(config)
     clip_l, _ = flux_model.encoders(clip)
     train.initialise(clip_l.transformer, 0)
-    captions = ["a big red circle on a white background", "a small blue square on a black background"]
-    tokens = torch.tensor([flux_train.t5_ids(clip, c) for c in captions])
-    width = unet_config.text_width
-    data = {"mean": torch.randn(2, 4, 16, 16), "std": torch.zeros(2, 4, 16, 16), "t5": tokens,
-            "pooled": torch.zeros(2, width).half(), "empty_pooled": torch.zeros(1, width)}
+    data = narrow_flux_data(clip)
+    tokens = data["t5"]
     checkpoint = tmp_path / "flux.pt"
     flux_train.train_flux(config, data, clip, 2, 2, 0, checkpoint, lambda *_: None, False, adaln_zero=True)
     assert torch.load(checkpoint, weights_only=False)["step"] == 2
@@ -318,7 +355,7 @@ def test_the_joint_attention_model_trains_resumes_and_loads_as_comfyuis_flux(tmp
     assert read.to_json() == config.to_json() and type(patcher.model).__name__ == "Flux"
     assert flux_model.is_joint_model(path) and not flux_model.is_joint_model(pack.module("nodes.toy_nodes").MODEL_FILE)
     assert pack.module("runtime.families").family(patcher).name == "Flux"
-    encoded, pooled = loaded_clip.encode_from_tokens(loaded_clip.tokenize(captions[0]), return_pooled=True)
+    encoded, pooled = loaded_clip.encode_from_tokens(loaded_clip.tokenize(CAPTIONS[0]), return_pooled=True)
     assert encoded.shape == (1, config.text_length, config.t5_width)
     positive = [[encoded, {"pooled_output": pooled}]]
     latent = {"samples": torch.zeros(1, 4, 16, 16)}
