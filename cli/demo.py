@@ -3,7 +3,8 @@
 No argument and no download: each example_workflows/*.json is loaded as it ships, its checkpoint loader is
 swapped for the Prompt-to-Prompt Demo Model, its prompts are set to toy-world captions (toy/scenes.py), and it
 runs through ComfyUI's executor like `run` does. The pictures it saved and previewed become one grid per example:
-the source and edited images with their prompts under them, then the heatmaps and masks it showed.
+the source and edited images with their prompts under them, then the heatmaps and masks it showed. The Flux
+examples (flux_*.json) run too where the joint-attention demo model's file is there (toy/MODEL.md).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from ..nodes.store_nodes import label
-from ..nodes.toy_nodes import MODEL_FILE
+from ..nodes.toy_nodes import DEMO_MODELS, FLUX_SIZE, MODEL_FILE
 from ..p2p_core.errors import PromptToPromptError
 from ..toy import scenes
 from .headless import Overrides, apply_overrides, execute, load_prompt
@@ -41,15 +42,28 @@ PHOTO_CAPTION = PHOTO.background_first_caption
 REFINE_WINDOW = 0.5
 
 
+#: The joint-attention demo model reads the background last: its T5 is bidirectional, so no word sums the
+#: caption up as the UNet model's causal CLIP does at the end (toy/MODEL.md).
+FLUX_TWO = "a big red circle and a small blue square on a white background"
+FLUX_PHOTO_CAPTION = PHOTO.caption
+#: The joint-attention demo model has no guidance embedding (as Flux schnell): the demo samples it with CFG.
+FLUX_CFG = 5.0
+
+
 @dataclass(frozen=True)
 class Example:
-    """One demo run: which example workflow, what it is set to, and how to title its grid."""
+    """One demo run: which example workflow on which demo model, what it is set to, and how to title its grid."""
 
     name: str
     workflow: str
     title: str
     sets: tuple[str, ...]
     seed: int = 0
+    model: str = "unet"
+
+    @property
+    def size(self) -> int:
+        return FLUX_SIZE if self.model == "flux" else SIZE
 
 
 def _swap(source: str, target: str) -> tuple[str, str]:
@@ -79,21 +93,44 @@ EXAMPLES = (
 )
 
 
+#: The Flux examples on the joint-attention demo model: its grids beside the UNet model's.
+FLUX_EXAMPLES = (
+    Example("flux_word_swap", "flux_word_swap.json", "Flux Replace: red -> yellow",
+            (*(f"ReplaceEdit.{s}" for s in _swap(FLUX_TWO, FLUX_TWO.replace("red", "yellow"))),
+             f"KSampler.cfg={FLUX_CFG}"), model="flux"),
+    Example("flux_local_blend", "flux_local_blend.json", "Flux Replace + local blend on 'square': blue -> green",
+            (*(f"ReplaceEdit.{s}" for s in _swap(FLUX_TWO, FLUX_TWO.replace("blue", "green"))),
+             "LocalBlendMask.source_words=square", "LocalBlendMask.edit_words=square",
+             "LocalBlendMask.subtract_words=", "ShowAttention.words=square", f"KSampler.cfg={FLUX_CFG}"),
+            model="flux"),
+    Example("flux_real_image", "flux_real_image_edit.json", "Flux real image (RF-Solver inversion): red -> blue "
+            "circle", (f"FlowInvert.prompt={FLUX_PHOTO_CAPTION}",
+                       f"ReplaceEdit.target_prompt={FLUX_PHOTO_CAPTION.replace('red', 'blue')}"), model="flux"),
+    Example("flux_flowedit", "flux_flowedit.json", "Flux FlowEdit (no inversion): red -> blue circle",
+            tuple(f"ReplaceEdit.{s}" for s in _swap(FLUX_PHOTO_CAPTION, FLUX_PHOTO_CAPTION.replace("red", "blue"))),
+            model="flux"),
+)
+
+
 def run(output: Path, node_classes: dict[str, type]) -> list[Path]:
-    """Run every example into ``output``; return the grid files written (one per example)."""
+    """Run every example into ``output`` (the Flux ones where the joint-attention demo model is there); return the
+    grid files written (one per example)."""
     if "PromptToPromptDemoModel" not in node_classes:
         raise PromptToPromptError(
             f"The demo needs the demo model, {MODEL_FILE}, and there is no such file. The pack ships it in "
             "toy/: restore it (git checkout toy/prompt_to_prompt_toy.safetensors), train one with "
             "`COMFYUI_PATH=<ComfyUI> python -m toy.train --work <folder>` in the pack's folder, or point "
             "PROMPT_TO_PROMPT_DEMO_MODEL at a trained file.")
-    photo = output / "inputs" / "toy_scene.png"
-    photo.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(scenes.draw(PHOTO)[0]).save(photo)
+    examples = EXAMPLES
+    flux_file = DEMO_MODELS["flux"][0]
+    if flux_file.is_file():
+        examples += FLUX_EXAMPLES
+    else:
+        print(f"demo: no joint-attention demo model ({flux_file}): the Flux examples are left out", flush=True)
     grids = []
-    for example in EXAMPLES:
+    for example in examples:
         print(f"demo: {example.name}", flush=True)
-        prompt = demo_prompt(example, node_classes, photo)
+        prompt = demo_prompt(example, node_classes, _photo(output, example.size))
         images = execute(prompt, output / example.name)
         grid = output / f"{example.name}.png"
         _grid(example.title, _prompts(prompt), _tiles(prompt, images)).save(grid)
@@ -101,17 +138,26 @@ def run(output: Path, node_classes: dict[str, type]) -> list[Path]:
     return grids
 
 
+def _photo(output: Path, size: int) -> Path:
+    """The real-image examples' scene (PHOTO), drawn at ``size`` into ``output``'s inputs folder."""
+    photo = output / "inputs" / f"toy_scene_{size}.png"
+    photo.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(scenes.draw(PHOTO, size // SIZE)[0]).save(photo)
+    return photo
+
+
 def demo_prompt(example: Example, node_classes: dict[str, type], photo: Path) -> dict[str, dict]:
-    """The example's checkpoint workflow as the demo runs it: on the demo model, with toy-world captions, an empty
-    negative prompt (the demo model learnt it), the demo's steps and size, and ``photo`` for LoadImage."""
+    """The example's checkpoint workflow as the demo runs it: on its demo model, with toy-world captions, an empty
+    negative prompt (the demo models learnt it), the demo's steps, its model's size, and ``photo`` for LoadImage."""
     prompt = load_prompt(EXAMPLES_FOLDER / example.workflow, node_classes)
     for node in prompt.values():
         if node["class_type"] == "CheckpointLoaderSimple":
-            node["class_type"], node["inputs"] = "PromptToPromptDemoModel", {}
+            node["class_type"] = "PromptToPromptDemoModel"
+            node["inputs"] = {} if example.model == "unet" else {"model": example.model}
         if node["class_type"] == "CLIPTextEncode":
             node["inputs"]["text"] = ""
-    apply_overrides(prompt, Overrides(steps=STEPS, width=SIZE, height=SIZE, image=str(photo), seed=example.seed,
-                                      sets=list(example.sets)), node_classes)
+    apply_overrides(prompt, Overrides(steps=STEPS, width=example.size, height=example.size, image=str(photo),
+                                      seed=example.seed, sets=list(example.sets)), node_classes)
     return prompt
 
 
@@ -120,9 +166,9 @@ def _prompts(prompt: dict[str, dict]) -> list[tuple[str, str]]:
     inputs = {node["class_type"]: node["inputs"] for node in prompt.values()}
     if "AttentionStore" in inputs:
         return [("source", inputs["AttentionStore"]["prompt"])]
-    if "NullTextInvert" in inputs:
-        return [("inverted scene", inputs["NullTextInvert"]["prompt"]),
-                ("edit", inputs["ReplaceEdit"]["target_prompt"])]
+    inversion = inputs.get("NullTextInvert") or inputs.get("FlowInvert")
+    if inversion is not None:
+        return [("inverted scene", inversion["prompt"]), ("edit", inputs["ReplaceEdit"]["target_prompt"])]
     if "Reweight" in inputs:
         weight = inputs["Reweight"]
         return [("source", weight["source_prompt"]), (f"'{weight['words']}' x {weight['scale']}", "")]

@@ -16,6 +16,7 @@ import pytest
 import tiny
 import torch
 from PIL import Image
+from toy_files import narrow_flux_config, random_flux_file
 
 tiny.import_comfy()
 
@@ -56,26 +57,37 @@ def test_demo_model_file_is_small_and_loads_back_as_an_sd15_model(demo_file):
     assert torch.count_nonzero(parts["clip"][embedding].abs().sum(1)) <= len(set(t for t, _ in tokens)) + 20
 
 
-def demo(output: Path, model_file: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "COMFYUI_PATH": tiny.comfyui_path(), "PROMPT_TO_PROMPT_DEMO_MODEL": str(model_file)}
+@pytest.fixture(scope="module")
+def flux_demo_file(tmp_path_factory) -> Path:
+    """A joint-attention demo-model file with random weights at the narrowest widths, at the Flux demo's size."""
+    path = tmp_path_factory.mktemp("flux_demo") / "flux_demo.safetensors"
+    return random_flux_file(path, narrow_flux_config(scale=pack.module("nodes.toy_nodes").FLUX_SIZE // 128)).path
+
+
+def demo(output: Path, model_file: Path, flux_file: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COMFYUI_PATH": tiny.comfyui_path(), "PROMPT_TO_PROMPT_DEMO_MODEL": str(model_file),
+           "PROMPT_TO_PROMPT_FLUX_DEMO_MODEL": str(flux_file or output / "no_flux_model.safetensors")}
     return subprocess.run([sys.executable, str(pack.REPO_ROOT), "demo", "--output", str(output)], env=env,
                           capture_output=True, text=True)
 
 
-def test_demo_runs_every_example_on_the_demo_model_and_writes_a_grid_each(tmp_path, demo_file):
-    done = demo(tmp_path, demo_file)
+def test_demo_runs_every_example_on_the_demo_models_and_writes_a_grid_each(tmp_path, demo_file, flux_demo_file):
+    done = demo(tmp_path, demo_file, flux_demo_file)
     assert done.returncode == 0, done.stderr[-3000:]
     written = [Path(line.removeprefix("wrote ")) for line in done.stdout.splitlines() if line.startswith("wrote ")]
-    examples = pack.module("cli.demo").EXAMPLES
-    # The flux_ and sd35_ examples need a joint-attention demo model: they join the demo with the joint-attention
-    # toy model (in training, toy/MODEL.md); their graphs run on tiny Flux and SD3 models in test_workflows.py.
+    demo_module = pack.module("cli.demo")
+    examples = demo_module.EXAMPLES + demo_module.FLUX_EXAMPLES
+    # The sd35_ examples need an SD3-shaped demo model, which there is not: their graphs run on tiny SD3 models in
+    # test_workflows.py.
     assert {e.workflow.removesuffix(".json") for e in examples} == {
         p.stem for p in (pack.REPO_ROOT / "example_workflows").glob("*.json")
-        if not p.stem.startswith(("flux_", "sd35_", "demo_"))}, "every UNet example workflow runs"
+        if not p.stem.startswith(("sd35_", "demo_"))}, "every UNet and Flux example workflow runs"
     assert [p.stem for p in written] == [e.name for e in examples]
     for grid in written:
         with Image.open(grid) as image:
             assert image.width >= 2 * 256 and image.height > 256, grid  # the source and at least the edit
+    flux_photo = Image.open(tmp_path / "inputs" / f"toy_scene_{demo_module.FLUX_SIZE}.png")
+    assert flux_photo.size == (demo_module.FLUX_SIZE, demo_module.FLUX_SIZE), "the Flux examples' photo at its size"
 
 
 def test_demo_without_the_model_says_where_it_comes_from(tmp_path):

@@ -9,6 +9,7 @@ import numpy as np
 import pack
 import pytest
 import torch
+from toy_files import CAPTIONS, narrow_flux_config, random_flux_file
 
 train = pack.module("toy.train")
 
@@ -268,16 +269,6 @@ def test_finetune_refuses_fewer_text_layers_than_the_file_has(tmp_path, capsys):
     assert not list(tmp_path.iterdir())
 
 
-def narrow_flux_config():
-    """The joint-attention demo model's shape at the narrowest widths, with the UNet demo model's CLIP-L and VAE."""
-    unet_config = dataclasses.asdict(pack.module("toy.model").ToyConfig()) | {"notes": {}}
-    return pack.module("toy.flux_model").FluxToyConfig(hidden=48, heads=2, double_blocks=1, single_blocks=1,
-                                                       t5_width=32, t5_layers=1, t5_heads=2, clip=unet_config)
-
-
-CAPTIONS = ("a big red circle on a white background", "a small blue square on a black background")
-
-
 def narrow_flux_data(clip) -> dict[str, torch.Tensor]:
     """Two encoded scenes (random latents) with their captions' T5 tokens, as flux_train's scenes file holds them."""
     tokens = torch.tensor([pack.module("toy.flux_train").t5_ids(clip, c) for c in CAPTIONS])
@@ -289,28 +280,21 @@ def narrow_flux_data(clip) -> dict[str, torch.Tensor]:
 def test_a_second_cycle_starts_from_exactly_the_networks_of_a_file_the_run_wrote(tmp_path):
     """A run's file travels where its checkpoint does not (to a new machine): a second cycle from it starts from
     its networks, each its own EMA (to the file's fp16), with its widths and VAE."""
-    model, flux_model, flux_train = (pack.module(f"toy.{name}") for name in ("model", "flux_model", "flux_train"))
+    flux_model, flux_train = pack.module("toy.flux_model"), pack.module("toy.flux_train")
     config = narrow_flux_config()
-    clip = flux_model.build_clip(config)
-    clip_l, t5 = flux_model.encoders(clip)
-    dit = flux_model.build_dit(config).diffusion_model
-    autoencoder = model.build_autoencoder(model.ToyConfig())
-    for seed, network in enumerate((clip_l.transformer, t5.transformer, dit, autoencoder)):
-        train.initialise(network, seed)
-    data = narrow_flux_data(clip)
-    rows = sorted(set(data["t5"].flatten().tolist()))
-    path = tmp_path / "flux.safetensors"
-    flux_model.save(path, config, dit, clip_l, t5, autoencoder.state_dict(), [49406, 49407], rows)
-    read, vae = flux_train.file_start(path, tmp_path / "start.pt")
+    written = random_flux_file(tmp_path / "flux.safetensors", config)
+    read, vae = flux_train.file_start(written.path, tmp_path / "start.pt")
     assert read.to_json() == config.to_json()
-    assert all(torch.equal(vae[k], v.half().float()) for k, v in autoencoder.state_dict().items())
+    assert all(torch.equal(vae[k], v.half().float()) for k, v in written.autoencoder.state_dict().items())
     second = tmp_path / "second.pt"  # at rate 0 the cycle keeps what it started from
-    flux_train.train_flux(read, data, flux_model.build_clip(read), 1, 2, 0, second, lambda *_: None, False, 0.0,
+    clip = flux_model.build_clip(read)
+    flux_train.train_flux(read, narrow_flux_data(clip), clip, 1, 2, 0, second, lambda *_: None, False, 0.0,
                           start_from=tmp_path / "start.pt")
     state = torch.load(second, weights_only=False)
     for key in ("dit", "ema_dit"):
-        assert all(torch.equal(state[key][k], v.half().float()) for k, v in dit.state_dict().items()), key
-    table = t5.transformer.get_input_embeddings().weight[rows].half().float()
+        assert all(torch.equal(state[key][k], v.half().float()) for k, v in written.dit.state_dict().items()), key
+    rows = written.t5_rows
+    table = written.t5.transformer.get_input_embeddings().weight[rows].half().float()
     for key in ("t5", "ema_t5"):
         assert torch.equal(state[key]["transformer.shared.weight"][rows], table), key
 
