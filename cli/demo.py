@@ -42,8 +42,8 @@ PHOTO_CAPTION = PHOTO.background_first_caption
 REFINE_WINDOW = 0.5
 
 
-#: The joint-attention demo model reads the background last: its T5 is bidirectional, so no word sums the
-#: caption up as the UNet model's causal CLIP does at the end (toy/MODEL.md).
+#: The joint-attention demo model's captions name the background last, as all its training captions do (its T5
+#: is bidirectional: no last word sums the caption up, as the UNet model's causal CLIP's does).
 FLUX_TWO = "a big red circle and a small blue square on a white background"
 FLUX_PHOTO_CAPTION = PHOTO.caption
 #: The joint-attention demo model has no guidance embedding (as Flux schnell): the demo samples it with CFG.
