@@ -313,7 +313,10 @@ def main(argv: list[str] | None = None) -> None:
                                       clip=dataclasses.asdict(unet_config) | {"notes": {}})
     start_from = args.second_cycle
     if start_from is not None and start_from.suffix == ".safetensors":
-        config, vae = file_start(start_from, args.work / "start.pt")
+        try:
+            config, vae = file_start(start_from, args.work / "start.pt")
+        except (ValueError, OSError) as error:
+            parser.error(f"--second-cycle: {error} Give a file toy.flux_train wrote, or a run's flux.pt.")
         start_from = args.work / "start.pt"
         if config.scale > 1 and not (args.work / "vae.pt").exists():  # the file's adapted VAE encodes the scenes
             torch.save(vae, args.work / "vae.pt")

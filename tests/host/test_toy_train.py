@@ -369,13 +369,20 @@ def test_initialise_starts_every_norm_of_comfyuis_classes_at_one_so_attention_ca
 
 
 @pytest.mark.parametrize("content", [b"not a safetensors file", None], ids=["junk", "missing"])
-def test_evaluating_a_file_that_is_no_model_stops_naming_it(content, tmp_path, capsys):
+@pytest.mark.parametrize("command, fix", [(("toy.evaluate",), ""),
+                                          (("toy.flux_train", "--second-cycle"), "toy.flux_train wrote")],
+                         ids=["evaluate", "second_cycle"])
+def test_evaluating_or_training_on_from_a_file_that_is_no_model_stops_naming_it(command, fix, content, tmp_path,
+                                                                                  capsys):
     path = tmp_path / "other.safetensors"
     if content is not None:
         path.write_bytes(content)
+    module, *flags = command
+    arguments = ["--work", str(tmp_path / "work"), *flags] if flags else []
     with pytest.raises(SystemExit) as stop:
-        pack.module("toy.evaluate").main([str(path)])
-    assert stop.value.code == 2 and str(path) in capsys.readouterr().err
+        pack.module(module).main([*arguments, str(path)])
+    error = capsys.readouterr().err
+    assert stop.value.code == 2 and str(path) in error and fix in error, error
 
 
 def test_binding_targets_give_each_word_of_an_object_all_its_attributes_and_place_and_no_other_word_any():
