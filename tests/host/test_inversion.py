@@ -23,8 +23,6 @@ import nodes  # noqa: E402
 STEPS, CFG, PROMPT = 10, 7.5, "a photo of a cat"
 
 
-
-
 _GENTLE: dict[tuple, tuple] = {}
 HALF = {"fp16": torch.float16, "bf16": torch.bfloat16}
 

@@ -17,7 +17,6 @@ class Boom(RuntimeError):
     pass
 
 
-
 def plain_run(model, clip):
     positive = nodes.CLIPTextEncode().encode(clip, "a cat riding a bicycle")[0]
     negative = nodes.CLIPTextEncode().encode(clip, "")[0]

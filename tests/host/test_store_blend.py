@@ -15,8 +15,6 @@ import nodes  # noqa: E402
 LEVEL = "1/2"  # the tiny UNets have cross-attention at 1/1 and 1/2 of the latent side
 
 
-
-
 @pytest.fixture(scope="module", params=["sd1", "sd2", "sdxl"])
 def bundle(request):
     return executor.tiny_bundle(request.param)

@@ -385,6 +385,21 @@ def test_evaluating_or_training_on_from_a_file_that_is_no_model_stops_naming_it(
     assert stop.value.code == 2 and str(path) in error and fix in error, error
 
 
+def test_evaluate_samples_a_joint_attention_file_with_the_shift_asked_and_refuses_one_for_a_unet_file(tmp_path,
+                                                                                                      capsys):
+    evaluate = pack.module("toy.evaluate")
+    path = random_flux_file(tmp_path / "flux.safetensors", narrow_flux_config()).path
+    own = pack.module("toy.flux_model").load(path)[0].get_model_object("model_sampling")
+    shifted = evaluate._shifted(2.0, path)[0].get_model_object("model_sampling")
+    assert own.shift == 1.0 and shifted.shift == 2.0
+    assert float(shifted.sigma(torch.tensor(0.5))) > float(own.sigma(torch.tensor(0.5))) + 0.1  # nearer the noise
+    unet_file = pack.module("nodes.toy_nodes").MODEL_FILE
+    with pytest.raises(SystemExit) as stop:
+        evaluate.main([str(unet_file), "--shift", "2"])
+    error = capsys.readouterr().err
+    assert stop.value.code == 2 and "--shift" in error and str(unet_file) in error, error
+
+
 def test_binding_targets_give_each_word_of_an_object_all_its_attributes_and_place_and_no_other_word_any():
     """The binding loss asks the T5 to read an object's size, colour and shape, and which of the caption's objects
     it is, from each of its three words, so an image token that attends to any of them learns what the whole

@@ -14,6 +14,7 @@ import pack
 import pytest
 import tiny
 import torch
+from demo_world import DemoWorld
 from sampling import encode
 from toy_pictures import box, iou, pictures, psnr, thing
 
@@ -37,7 +38,7 @@ ATTENTION_SEEDS = (0, 2)
 
 @pytest.fixture(scope="module")
 def demo(p2p):
-    return p2p["PromptToPromptDemoModel"]().load()
+    return DemoWorld(*p2p["PromptToPromptDemoModel"]().load(), SIZE, "ddim", "ddim_uniform", STEPS, CFG)
 
 
 @pytest.fixture(scope="module")
@@ -45,39 +46,11 @@ def toy():
     return pack.module("toy.scenes"), pack.module("toy.measure")
 
 
-def sample(model, clip, positive, latent, seed):
-    return nodes.common_ksampler(model, seed, STEPS, CFG, "ddim", "ddim_uniform", positive, encode(clip, ""),
-                                 latent)[0]["samples"]
-
-
-
-
-def plain(demo, text, seed) -> np.ndarray:
-    model, clip, vae = demo
-    empty = {"samples": torch.zeros(1, 4, SIZE // 8, SIZE // 8)}
-    return pictures(vae, sample(model, clip, encode(clip, text), empty, seed))[0]
-
-
-def edited(p2p, demo, node, seed, *args, **kwargs) -> list[np.ndarray]:
-    model, clip, vae = demo
-    patched, positive, latent = p2p[node]().apply(model, clip, *args, **kwargs)
-    return pictures(vae, sample(patched, clip, positive, latent, seed))
-
-
-def replace(p2p, demo, source, target, seed, model=None):
-    """Source and edit of a word swap at the node's default windows (0.8, 0.4), on ``model`` or the demo's."""
-    return edited(p2p, (model or demo[0], *demo[1:]), "ReplaceEdit", seed, source, target, 0.8, 0.4, SIZE, SIZE)
-
-
-
-
-
-
 def test_sources_match_their_captions(demo, toy):
     _, measure = toy
     for seed in SEEDS:
         for caption in (ONE, TWO):
-            assert measure.check(plain(demo, caption, seed), caption).ok, (seed, caption)
+            assert measure.check(demo.plain(caption, seed), caption).ok, (seed, caption)
 
 
 def test_colour_swap_keeps_the_object_where_it_was_and_changes_its_colour(p2p, demo, toy):
@@ -87,11 +60,11 @@ def test_colour_swap_keeps_the_object_where_it_was_and_changes_its_colour(p2p, d
     _, measure = toy
     kept, alone = [], []
     for seed in SEEDS:
-        source, edit = replace(p2p, demo, TWO, TWO.replace("red", "yellow"), seed)
+        source, edit = demo.replace(p2p, TWO, TWO.replace("red", "yellow"), seed)
         before, after = thing(measure, source, "red"), thing(measure, edit, "yellow")
         assert after is not None and thing(measure, edit, "red") is None, seed
         kept.append(iou(before.mask, after.mask))
-        other = thing(measure, plain(demo, TWO.replace("red", "yellow"), seed), "yellow")
+        other = thing(measure, demo.plain(TWO.replace("red", "yellow"), seed), "yellow")
         alone.append(iou(before.mask, other.mask) if other else 0.0)
     assert np.mean(kept) >= 0.8 and np.mean(kept) > np.mean(alone) + 0.15, (kept, alone)
 
@@ -102,19 +75,17 @@ def test_colour_swap_in_half_precision_matches_fp32(p2p, demo, toy, dtype):
     same swap as in fp32. Measured (seed 0): the circle's IoU, edit vs source, 0.880 in fp32, bf16 and fp16 (to
     0.0003); the sources differ from fp32's by 0.15/255 (bf16) and 0.014/255 (fp16) on average."""
     _, measure = toy
-    assert demo[0].model.diffusion_model.dtype == torch.float32
+    assert demo.model.model.diffusion_model.dtype == torch.float32
     half = pack.module("toy.model").load(pack.module("nodes.toy_nodes").MODEL_FILE, dtype)[0]
     assert half.model.diffusion_model.dtype == dtype
     found = {}
-    for name, model in (("fp32", demo[0]), ("half", half)):
-        source, edit = replace(p2p, demo, TWO, TWO.replace("red", "yellow"), SEEDS[0], model=model)
+    for name, model in (("fp32", demo.model), ("half", half)):
+        source, edit = demo.with_model(model).replace(p2p, TWO, TWO.replace("red", "yellow"), SEEDS[0])
         assert measure.check(source, TWO).ok and thing(measure, edit, "red") is None, name
         found[name] = (source, iou(thing(measure, source, "red").mask, thing(measure, edit, "yellow").mask))
     difference = np.abs(found["fp32"][0].astype(int) - found["half"][0].astype(int)).mean()
     ious = {name: value[1] for name, value in found.items()}
     assert difference < 1 and abs(ious["half"] - ious["fp32"]) < 0.02, (difference, ious)
-
-
 
 
 def test_shape_swap_keeps_position_and_size(p2p, demo, toy):
@@ -124,14 +95,14 @@ def test_shape_swap_keeps_position_and_size(p2p, demo, toy):
     _, measure = toy
     moved, resized, shapes, alone = [], [], [], []
     for seed in SEEDS:
-        source, edit = replace(p2p, demo, TWO, TWO.replace("circle", "triangle"), seed)
+        source, edit = demo.replace(p2p, TWO, TWO.replace("circle", "triangle"), seed)
         before, after = thing(measure, source, "red"), thing(measure, edit, "red")
         assert after is not None, seed
         shapes.append(after.shape)
         (x0, y0, w0), (x1, y1, w1) = box(before), box(after)
         moved.append(math.dist((x0, y0), (x1, y1)))
         resized.append(abs(w1 / w0 - 1))
-        other = thing(measure, plain(demo, TWO.replace("circle", "triangle"), seed), "red")
+        other = thing(measure, demo.plain(TWO.replace("circle", "triangle"), seed), "red")
         alone.append(math.dist((x0, y0), box(other)[:2]) if other else SIZE)
     assert shapes == ["triangle"] * len(SEEDS), shapes
     assert np.mean(moved) < 9 and np.mean(resized) < 0.12, (moved, resized)
@@ -146,12 +117,12 @@ def test_local_blend_keeps_the_latent_outside_the_mask_and_changes_the_object_in
     the VAE decoder's mid-block self-attention sees the whole latent, so no decoded pixel is strictly local.
     """
     _, measure = toy
-    model, clip, vae = demo
+    model, clip, vae = demo.model, demo.clip, demo.vae
     for seed in SEEDS[:2]:
         patched, positive, latent = p2p["ReplaceEdit"]().apply(model, clip, TWO, TWO.replace("blue", "green"), 0.8,
                                                                0.4, SIZE, SIZE)
         patched, record = p2p["LocalBlendMask"]().apply(patched, clip, "square", "square", 0.3, 0.2, "1/2")
-        samples = sample(patched, clip, positive, latent, seed)
+        samples = demo.sample(patched, positive, latent, seed)
         mask = record.recorder.last_masks[0].cpu() > 0
         assert 0.1 < mask.float().mean() < 0.5, "the blend mask covers the square, not the picture"
         assert torch.equal(samples[0][:, ~mask], samples[1][:, ~mask]), seed
@@ -172,13 +143,13 @@ def test_reweighting_the_circle_moves_its_size_monotonically(p2p, demo, toy):
     reweighted is the noun: the toy text encoder is causal, as CLIP is, and puts 'big red' into the noun's
     token; reweighting 'big' or 'red' alone moves the area by under 1.5 % (toy/MODEL.md)."""
     _, measure = toy
-    model, clip, vae = demo
+    model, clip, vae = demo.model, demo.clip, demo.vae
     for seed in SEEDS[:2]:
         areas = []
         for scale in (-4.0, -2.0, -1.0, 1.0):
             patched, positive, latent = p2p["Reweight"]().apply(model, clip, TWO, "circle", scale, "new row", 0.8,
                                                                 0.4, SIZE, SIZE)
-            circle = thing(measure, pictures(vae, sample(patched, clip, positive, latent, seed))[1], "red")
+            circle = thing(measure, pictures(vae, demo.sample(patched, positive, latent, seed))[1], "red")
             areas.append(int(circle.mask.sum()) if circle else 0)
         assert areas == sorted(areas), (seed, areas)
         assert areas[0] < 0.5 * areas[-1] and areas[1] < 0.85 * areas[-1], (seed, areas)
@@ -191,7 +162,7 @@ def test_refine_keeps_the_circle_and_adds_the_square(p2p, demo, toy):
     _, measure = toy
     kept = []
     for seed in REFINE_SEEDS:
-        source, edit = edited(p2p, demo, "RefineEdit", seed, ONE, TWO, REFINE_WINDOW, 0.4, SIZE, SIZE)
+        source, edit = demo.edited(p2p, "RefineEdit", seed, ONE, TWO, REFINE_WINDOW, 0.4, SIZE, SIZE)
         assert measure.check(edit, TWO).ok, (seed, [(f.colour, f.shape) for f in measure.objects(edit)])
         kept.append(iou(thing(measure, source, "red").mask, thing(measure, edit, "red").mask))
     assert np.mean(kept) >= 0.85, kept
@@ -203,11 +174,11 @@ def test_shape_words_attend_to_their_own_shapes_and_the_background_word_around_t
     the caption and peaks on an object, mean heat outside/inside 0.44 on seed 0, and this test fails). Measured:
     the background word's mean heat outside the objects 2.57 and 2.53 times that inside."""
     _, measure = toy
-    model, clip, vae = demo
+    model, clip, vae = demo.model, demo.clip, demo.vae
     for seed in ATTENTION_SEEDS:
         patched, positive, latent, record = p2p["AttentionStore"]().apply(model, clip, THREE, "1/2", 0.0, 1.0,
                                                                           SIZE, SIZE)
-        image = pictures(vae, sample(patched, clip, positive, latent, seed))
+        image = pictures(vae, demo.sample(patched, positive, latent, seed))
         masks = p2p["ShowAttention"]().show(record, torch.from_numpy(image[0] / 255.0).float()[None], 0,
                                             "circle, square, triangle, background", 0.6)[1].numpy()
         things = {f.shape: f.mask for f in measure.objects(image[0])}
@@ -226,13 +197,11 @@ def photo(demo, toy):
     scenes, _ = toy
     demo_module = pack.module("cli.demo")  # the real-image example's scene and caption
     pixels = scenes.draw(demo_module.PHOTO)[0]
-    with torch.no_grad():  # else the latent carries the VAE's autograd graph into every test
-        latent = nodes.VAEEncode().encode(demo[2], torch.from_numpy(pixels / 255.0).float()[None])[0]
-    return demo_module.PHOTO_CAPTION, pixels, latent
+    return demo_module.PHOTO_CAPTION, pixels, demo.encoded(pixels)
 
 
 def invert(p2p, demo, photo, mode, steps=STEPS, inner_steps=10):
-    model, clip, _ = demo
+    model, clip = demo.model, demo.clip
     caption, _, latent = photo
     with torch.inference_mode():  # as the executor runs nodes
         return p2p["NullTextInvert"]().invert(model, clip, caption, latent, mode, steps, CFG, "ddim_uniform",
@@ -243,8 +212,6 @@ def resample(model, clip, positive, latent, steps=STEPS):
     """Sampling without added noise from an inverted latent, as the real-image example's KSamplerAdvanced."""
     return nodes.KSamplerAdvanced().sample(model, "disable", 0, steps, CFG, "ddim", "ddim_uniform", positive,
                                            encode(clip, ""), latent, 0, 10000, "disable")[0]["samples"]
-
-
 
 
 #: Steps of the reconstruction tests: few, where DDIM inversion's error (what negative-prompt inversion keeps)
@@ -260,7 +227,7 @@ def reconstructions(p2p, demo, photo):
     """Each inversion's reconstruction, measured against the encoded scene: (PSNR of its decoding to the VAE's
     own decoding of the scene, MSE to the scene's latent). Both leave out the VAE's error, which every mode shares.
     'null-text' has INNER_STEPS updates per step, 'null-text, 10' the paper's."""
-    model, clip, vae = demo
+    model, clip, vae = demo.model, demo.clip, demo.vae
     caption, _, latent = photo
     target = pictures(vae, latent["samples"])[0]
     found = {}
@@ -305,7 +272,7 @@ def test_colour_swap_of_an_inverted_scene_changes_that_object_only(p2p, demo, to
     """The circle, last in the caption, turns blue where it was; the square before it stays. Measured: circle IoU
     0.67 (a small circle, 28 pixels across: its edge is most of it), square IoU 0.99."""
     _, measure = toy
-    model, clip, vae = demo
+    clip, vae = demo.clip, demo.vae
     caption, pixels, _ = photo
     patched, inverted = invert(p2p, demo, photo, "null-text")
     edit_model, positive, latent = p2p["ReplaceEdit"]().apply(patched, clip, "", caption.replace("red", "blue"),
