@@ -11,6 +11,8 @@ euler/normal) and `flux_train.py` (joint attention: euler/simple), unless ``--st
 from __future__ import annotations
 
 import argparse
+import math
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -26,8 +28,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--captions", type=train.at_least(1), default=100, help="captions sampled")
     parser.add_argument("--seed", type=int, default=5, help="the captions' seed (5: what the training runs use)")
     parser.add_argument("--steps", type=train.at_least(1), default=20, help="sampling steps")
-    parser.add_argument("--cfg", type=float, default=5.0, help="classifier-free guidance scale")
-    parser.add_argument("--shift", type=float, help="joint-attention files: sample with this shift (ComfyUI's "
+    parser.add_argument("--cfg", type=finite(0.0), default=5.0, help="classifier-free guidance scale")
+    parser.add_argument("--shift", type=finite(), help="joint-attention files: sample with this shift (ComfyUI's "
                         "ModelSamplingFlux mu: sigma = e^mu t / (1 + (e^mu - 1) t)) in place of the file's")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (default 1: beside a training run)")
     parser.add_argument("--comfyui", help="ComfyUI folder (default: COMFYUI_PATH)")
@@ -47,6 +49,22 @@ def main(argv: list[str] | None = None) -> None:
     shift = f", shift {args.shift:g}" if args.shift is not None else ""
     found = ", ".join(f"{k} {v:.0%}" for k, v in scores.items())
     print(f"[evaluate] {args.captions} captions ({args.steps} steps, cfg {args.cfg:g}{shift}): {found}", flush=True)
+
+
+def finite(minimum: float = -math.inf) -> Callable[[str], float]:
+    """An argparse type: a finite number of at least ``minimum``, so 'nan' or a typo stops at once naming the flag
+    rather than sampling 100 captions with it."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not minimum <= value < math.inf:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number of at least {minimum:g}")
+        return value
+
+    return parse
 
 
 def _shifted(shift: float | None, path: Path) -> tuple[Any, ...]:

@@ -400,6 +400,14 @@ def test_evaluate_samples_a_joint_attention_file_with_the_shift_asked_and_refuse
     assert stop.value.code == 2 and "--shift" in error and str(unet_file) in error, error
 
 
+@pytest.mark.parametrize("flag, value", [("--cfg", "-1"), ("--cfg", "nan"), ("--shift", "inf"), ("--shift", "one")])
+def test_evaluate_stops_at_a_guidance_or_shift_that_is_no_finite_number_naming_the_flag(flag, value, capsys):
+    with pytest.raises(SystemExit) as stop:
+        pack.module("toy.evaluate").main([str(pack.module("nodes.toy_nodes").MODEL_FILE), flag, value])
+    error = capsys.readouterr().err
+    assert stop.value.code == 2 and flag in error and "finite number" in error, error
+
+
 def test_binding_targets_give_each_word_of_an_object_all_its_attributes_and_place_and_no_other_word_any():
     """The binding loss asks the T5 to read an object's size, colour and shape, and which of the caption's objects
     it is, from each of its three words, so an image token that attends to any of them learns what the whole
