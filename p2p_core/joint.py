@@ -111,20 +111,40 @@ def with_text_sink(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, text: int,
     return q_sink, k_sink, v_sink
 
 
+def sink_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, text: int,
+                   text_lse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One row's image queries through the fused kernel with a text sink (``with_text_sink``): the image part
+    of their output, (sum_j e^{b_ij} v_j) / Z_i as [heads, N, dim], and the text's share of their joint
+    attention, e^{lse_i} / Z_i as [heads, N, 1], both fp32."""
+    q_sink, k_sink, v_sink = with_text_sink(q, k, v, text, text_lse)
+    fused = torch.nn.functional.scaled_dot_product_attention(q_sink, k_sink, v_sink, scale=q.shape[-1] ** -0.5)
+    dim = q.shape[-1]
+    return fused[..., :dim].float(), fused[..., dim:dim + 1].float()
+
+
 def image_query_output(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, text: int, logits: torch.Tensor,
                        weights: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """One row's image-query output [heads, N, dim] with text logits ``logits`` [heads, N, T] (and per-token
-    ``weights`` scaling each text column's contribution), and its text maps [heads, N, T]: the share of each text
-    token in the row's attention to text, weighted, as the attention store and local blend read them."""
-    maps = torch.softmax(logits, -1)
+    ``weights`` scaling each text column's contribution), and its text maps [heads, N, T] (``text_maps``),
+    weighted, as the attention store and local blend read them."""
+    within_text = torch.softmax(logits, -1)
     if weights is not None:
-        maps = maps * weights.to(maps.dtype)
-    q_sink, k_sink, v_sink = with_text_sink(q, k, v, text, torch.logsumexp(logits, -1))
-    fused = torch.nn.functional.scaled_dot_product_attention(q_sink, k_sink, v_sink, scale=q.shape[-1] ** -0.5)
-    dim = q.shape[-1]
-    text_out = torch.matmul(maps, v[:, :text].float())
-    out = fused[..., :dim].float() + fused[..., dim:dim + 1].float() * text_out
-    return out.to(v.dtype), maps
+        within_text = within_text * weights.to(within_text.dtype)
+    image_part, text_share = sink_attention(q, k, v, text, torch.logsumexp(logits, -1))
+    out = image_part + text_share * torch.matmul(within_text, v[:, :text].float())
+    return out.to(v.dtype), within_text * text_share
+
+
+def text_maps(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, text: int) -> torch.Tensor:
+    """One row's maps [heads, N, T]: each text token's share of an image query's *joint* attention (text and
+    image keys). The image keys take the part a UNet's start token takes in cross-attention: an image query that
+    attends to the picture, not the words (the background), weighs little in every word's map, as a pixel that
+    attends to the start token does in the official code's maps (and as Exploring MM-DiT's local blend reads joint
+    attention). A softmax over the text keys alone would give it a full distribution over the words and spread
+    every word's mask over the whole picture (toy/MODEL.md measures both)."""
+    logits = text_logits(q, k, text)
+    _, text_share = sink_attention(q, k, v, text, torch.logsumexp(logits, -1))
+    return torch.softmax(logits, -1) * text_share
 
 
 def joint_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, text: int, rows: Sequence[JointRow],
@@ -158,5 +178,5 @@ def joint_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, text: int
     if recorder is not None:
         for row in record:
             if row not in edited:
-                recorder(row, torch.softmax(text_logits(q[row], k[row], text), -1))
+                recorder(row, text_maps(q[row], k[row], v[row], text))
     return out

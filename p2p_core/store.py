@@ -27,7 +27,8 @@ class MapAccumulator:
     """Sum of one level's attention maps per prompt row, averaged on read.
 
     Sums are kept per row in each row's own token space ([h * w, tokens]); `mean` divides by the number of
-    maps added (layers x heads x steps), so every pixel's map still sums to one over the tokens.
+    maps added (layers x heads x steps), so every pixel's map still sums to one over the tokens (in joint
+    attention, to the share of its attention that goes to the text: joint.text_maps).
     """
 
     def __init__(self, level: int, window: Window = Window()) -> None:

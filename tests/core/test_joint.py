@@ -28,20 +28,27 @@ def swap_edit(scale=None, inject=None):
     return StepEdit(TokenMapping(matrix, torch.ones(TEXT, dtype=torch.bool)), inject, scale, not bool(inject.all()))
 
 
-def reference(q, k, v, source, row, edit):
-    """The edited row's joint attention with every logit written out (an N x L matrix)."""
+def image_query_probabilities(q, k, source, row, edit):
+    """The edited row's image queries' joint softmax over every key, written out ([H, N, L]; edit None: the row's
+    own), each text column scaled by its weight."""
     scale = DIM ** -0.5
-    logits = (q[row].double() @ k[row].double().transpose(-1, -2)) * scale  # [H, L, L]
-    image = logits[:, TEXT:]
+    image = (q[row, :, TEXT:].double() @ k[row].double().transpose(-1, -2)) * scale
+    if edit is None:
+        return torch.softmax(image, -1)
     source_text = (q[source, :, TEXT:].double() @ k[source, :, :TEXT].double().transpose(-1, -2)) * scale
     mapped = (source_text.exp() @ edit.mapping.matrix.double()).log()
     text = torch.where(edit.inject, mapped, image[..., :TEXT])
-    joint = torch.cat([text, image[..., TEXT:]], -1)
-    probabilities = torch.softmax(joint, -1)
+    probabilities = torch.softmax(torch.cat([text, image[..., TEXT:]], -1), -1)
     if edit.scale is not None:
         probabilities[..., :TEXT] *= edit.scale.double()
-    out = probabilities @ v[row].double()
-    text_queries = torch.softmax(logits[:, :TEXT], -1) @ v[row].double()
+    return probabilities
+
+
+def reference(q, k, v, source, row, edit):
+    """The edited row's joint attention with every logit written out (an N x L matrix)."""
+    out = image_query_probabilities(q, k, source, row, edit) @ v[row].double()
+    logits = (q[row, :, :TEXT].double() @ k[row].double().transpose(-1, -2)) * DIM ** -0.5
+    text_queries = torch.softmax(logits, -1) @ v[row].double()
     return torch.cat([text_queries, out], 1)
 
 
@@ -96,12 +103,17 @@ def test_half_precision_keeps_the_sinks_logit(dtype):
     torch.testing.assert_close(out[1].double(), exact, rtol=0.05, atol=0.05)
 
 
-def test_recorded_maps_are_text_distributions_of_each_row():
-    q, k, v = tensors()
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_recorded_maps_are_each_text_tokens_share_of_the_joint_attention(dtype):
+    q, k, v = tensors(dtype=dtype)
+    edit = swap_edit(scale=torch.tensor([1, 1, 2.5, -1, 1.0]))
     maps = {}
-    joint_attention(q, k, v, TEXT, [JointRow(0, 1, swap_edit(), False)], fused, record=(0, 1),
+    joint_attention(q, k, v, TEXT, [JointRow(0, 1, edit, False)], fused, record=(0, 1),
                     recorder=lambda row, m: maps.setdefault(row, m))
     assert set(maps) == {0, 1}
-    for m in maps.values():
-        assert m.shape == (HEADS, IMAGE, TEXT)
-        torch.testing.assert_close(m.sum(-1), torch.ones(HEADS, IMAGE))
+    q, k = q.double(), k.double()
+    tolerance = 1e-5 if dtype == torch.float32 else 0.02
+    for row, row_edit in ((0, None), (1, edit)):
+        exact = image_query_probabilities(q, k, 0, row, row_edit)[..., :TEXT]
+        assert maps[row].shape == (HEADS, IMAGE, TEXT) and maps[row].dtype == torch.float32
+        torch.testing.assert_close(maps[row].double(), exact, rtol=tolerance, atol=tolerance)

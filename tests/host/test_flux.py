@@ -149,14 +149,17 @@ def test_outside_the_mask_the_edit_keeps_the_source_latent_exactly(p2p, joint):
     assert float((out[1] - out[0])[:, mask].abs().max()) > 0.0
 
 
-def test_stored_maps_are_per_word_distributions_over_the_text(p2p, joint):
+def test_stored_maps_are_each_text_tokens_share_of_the_joint_attention(p2p, joint):
+    """Every text token has a map, and a position's maps sum to the share of its attention that went to the text:
+    under one, the image keys taking the rest (exactly: tests/core/test_joint.py)."""
     model, clip = joint
     patched, positive, latent, record = edit(p2p, "AttentionStore", model, clip, SOURCE, "1/2", 0.0, 1.0, 64, 64)
     ksample(patched, clip, positive, latent)
     store = record.recorder.store
     maps = store.mean(0)
     assert store.shape == (4, 4) and maps.shape == (4, 4, positive[0][0].shape[1])  # every text token: SD3 154
-    torch.testing.assert_close(maps.sum(-1), torch.ones(4, 4))
+    text_share = maps.sum(-1)
+    assert bool(((text_share > 0) & (text_share < 0.999)).all()), text_share
 
 
 def test_show_attention_draws_each_t5_token_and_word_masks(p2p, flux):
